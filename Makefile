@@ -1,0 +1,31 @@
+# The two commands README.md gives: `make demo` and `make test`. Both set up what is missing first.
+SWIFT       ?= swift
+# One configuration for everything: the interpreter is ~100x slower in debug, too slow to test
+# real traffic, and one set of flags means tests, demo and bench share one build.
+BUILD_FLAGS  = -c release -Xswiftc -enable-testing
+BIN          = .build/release/understudy
+
+.PHONY: setup guests build build-debug test demo bench clean
+
+setup:
+	@scripts/setup.sh
+
+guests: setup
+	@$(MAKE) -s -C guests all
+
+build: setup
+	$(SWIFT) build $(BUILD_FLAGS) --product understudy
+
+test: setup guests
+	$(SWIFT) build $(BUILD_FLAGS) --build-tests
+	UNDERSTUDY_BIN=$(CURDIR)/$(BIN) UNDERSTUDY_GUESTS=$(CURDIR)/guests/build \
+		$(SWIFT) test $(BUILD_FLAGS) --skip-build
+
+demo: build guests
+	scripts/demo.sh $(BIN)
+
+bench: build guests
+	scripts/bench.sh $(BIN)
+
+clean:
+	rm -rf .build guests/build

@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, one direction of dependency:
+//   UnderstudyCore (values, the world seam; no engine)
+//   → UnderstudyMachine (WasmKit, devices, module preparation)
+//   → UnderstudyCheckpoint (machine state, event log)
+//   → UnderstudyReplication (never imports WasmKit)
+//   → understudy (command line)
+let package = Package(
+    name: "Understudy",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "understudy", targets: ["understudy"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/swiftwasm/WasmKit.git", exact: "0.4.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+    ],
+    targets: [
+        .target(name: "CUnderstudyHost"),
+        .target(name: "UnderstudyCore", dependencies: ["CUnderstudyHost"]),
+        .target(
+            name: "UnderstudyMachine",
+            dependencies: [
+                "UnderstudyCore",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore"]),
+        .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyCheckpoint"]),
+        .executableTarget(
+            name: "understudy",
+            dependencies: [
+                "UnderstudyMachine",
+                "UnderstudyReplication",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
+        .testTarget(
+            name: "UnderstudyMachineTests",
+            dependencies: [
+                "UnderstudyMachine", "UnderstudyCore",
+                .product(name: "WAT", package: "WasmKit"),
+            ]
+        ),
+        // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).
+        .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore"]),
+    ]
+)

@@ -1,0 +1,68 @@
+import WasmKit
+
+/// Drives Binaryen's Asyncify instrumentation: unwinding the guest's whole stack into a buffer in
+/// its own linear memory, and rewinding it. The state is tracked host-side, because asking the
+/// guest (`asyncify_get_state`) on every host call doubled the cost of a call (DESIGN.md).
+final class AsyncifyController {
+    enum State: Equatable {
+        case normal
+        case unwinding
+        case rewinding
+    }
+
+    private let startUnwindExport: Function
+    private let stopUnwindExport: Function
+    private let startRewindExport: Function
+    private let stopRewindExport: Function
+    private let memory: GuestMemoryView
+    /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it.
+    let dataAddress: UInt32
+    let dataSize: UInt32
+    private(set) var state: State = .normal
+
+    init(instance: Instance, memory: GuestMemoryView, dataAddress: UInt32, dataSize: UInt32) throws(MachineError) {
+        func export(_ name: String) throws(MachineError) -> Function {
+            guard let function = instance.exports[function: name] else {
+                throw .instantiation("the prepared module lacks \(name): it was not Asyncify-instrumented")
+            }
+            return function
+        }
+        startUnwindExport = try export("asyncify_start_unwind")
+        stopUnwindExport = try export("asyncify_stop_unwind")
+        startRewindExport = try export("asyncify_start_rewind")
+        stopRewindExport = try export("asyncify_stop_rewind")
+        self.memory = memory
+        self.dataAddress = dataAddress
+        self.dataSize = dataSize
+    }
+
+    func startUnwind() throws {
+        precondition(state == .normal, "unwind started while \(state)")
+        try memory.store(dataAddress + 8, at: dataAddress)
+        try memory.store(dataAddress + dataSize, at: dataAddress + 4)
+        try startUnwindExport.invoke([.i32(dataAddress)])
+        state = .unwinding
+    }
+
+    func stopUnwind() throws {
+        precondition(state == .unwinding, "unwind stopped while \(state)")
+        try stopUnwindExport.invoke()
+        state = .normal
+        let used = try memory.load(UInt32.self, at: dataAddress)
+        guard used <= dataAddress + dataSize else {
+            throw MachineError.suspension("the guest's stack (\(used - dataAddress) bytes) overflowed the \(dataSize)-byte unwind buffer")
+        }
+    }
+
+    func startRewind() throws {
+        precondition(state == .normal, "rewind started while \(state)")
+        try startRewindExport.invoke([.i32(dataAddress)])
+        state = .rewinding
+    }
+
+    func stopRewind() throws {
+        precondition(state == .rewinding, "rewind stopped while \(state)")
+        try stopRewindExport.invoke()
+        state = .normal
+    }
+}

@@ -1,0 +1,152 @@
+import UnderstudyCore
+import WasmKit
+
+public struct MachineConfiguration: Sendable {
+    /// argv as the guest sees it, argv[0] included.
+    public var arguments: [String]
+    public var environment: [String]
+    public var listenerCount: Int
+    /// Unwind at every host call that may block, not only when a suspension is requested.
+    /// Kept to measure what suspension costs (`make bench`); the default is the cheaper policy.
+    public var suspendAtEveryBlock: Bool
+    /// The Asyncify buffer holds the guest's unwound call stack.
+    public var unwindBufferPages: UInt32
+
+    public init(
+        arguments: [String], environment: [String] = [], listenerCount: Int,
+        suspendAtEveryBlock: Bool = false, unwindBufferPages: UInt32 = 4
+    ) {
+        self.arguments = arguments
+        self.environment = environment
+        self.listenerCount = listenerCount
+        self.suspendAtEveryBlock = suspendAtEveryBlock
+        self.unwindBufferPages = unwindBufferPages
+    }
+}
+
+public struct SuspensionStatistics: Sendable {
+    public var count = 0
+    /// Suspend → handled → resumed, as the guest experiences it.
+    public var totalPauseNanos: UInt64 = 0
+    public var maxPauseNanos: UInt64 = 0
+}
+
+/// A running guest with its devices. Confined to the thread that calls `run()`: WasmKit's
+/// objects are not Sendable, so only values (state, statistics) ever leave it.
+public final class Machine {
+    public let configuration: MachineConfiguration
+    public let prepared: PreparedModule
+    private let store: Store
+    private let instance: Instance
+    private let host: WASIHost
+    private let asyncify: AsyncifyController
+    private let suspension: SuspensionRequest
+    private var unwindStartedAt: ContinuousClock.Instant?
+    public private(set) var statistics = SuspensionStatistics()
+
+    /// Runs with the guest suspended (its stack unwound into memory): the point where a
+    /// checkpoint reads the machine state.
+    public var onSuspended: ((Machine) throws -> Void)?
+
+    public init(
+        prepared: PreparedModule, world: MachineWorld, suspension: SuspensionRequest, configuration: MachineConfiguration
+    ) throws(MachineError) {
+        self.configuration = configuration
+        self.prepared = prepared
+        self.suspension = suspension
+        let engine = Engine(configuration: EngineConfiguration(memoryBoundsChecking: .mprotect))
+        store = Store(engine: engine)
+        host = WASIHost(
+            world: world, listenerCount: configuration.listenerCount,
+            arguments: configuration.arguments, environment: configuration.environment)
+        do {
+            instance = try prepared.module.instantiate(store: store, imports: host.imports(store: store))
+        } catch {
+            throw .instantiation("\(error)")
+        }
+        guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }
+        let view = GuestMemoryView(memory: memory)
+        host.memory = view
+        do {
+            // The unwind buffer sits above the memory the guest was given; the guest's allocator
+            // grows memory past it, so it never hands these pages out.
+            let base = try MemoryGrower.grow(memory, by: configuration.unwindBufferPages, store: store)
+            asyncify = try AsyncifyController(
+                instance: instance, memory: view, dataAddress: base * 65_536,
+                dataSize: configuration.unwindBufferPages * 65_536)
+        } catch let error as MachineError {
+            throw error
+        } catch {
+            throw .instantiation("\(error)")
+        }
+        host.suspension = self
+    }
+
+    /// Runs the guest until it exits; returns its exit code.
+    public func run() throws(MachineError) -> Int32 {
+        guard let start = instance.exports[function: "_start"] else { throw .instantiation("the guest exports no _start") }
+        while true {
+            do {
+                _ = try start.invoke()
+            } catch let exit as GuestExit {
+                return Int32(bitPattern: exit.code)
+            } catch let error as MachineError {
+                throw error
+            } catch {
+                throw .trapped(Self.reason(error))
+            }
+            guard asyncify.state == .unwinding else { return 0 }
+            do {
+                try asyncify.stopUnwind()
+                try onSuspended?(self)
+                suspension.clear()
+                try asyncify.startRewind()
+            } catch let error as MachineError {
+                throw error
+            } catch {
+                throw .suspension("\(error)")
+            }
+        }
+    }
+
+    private static func reason(_ error: Error) -> String {
+        if let exit = error as? GuestExit { return "exit \(exit.code)" }
+        return "\(error)"
+    }
+
+    public var openConnections: [ConnectionID] { host.descriptors.openConnections }
+}
+
+extension Machine: HostCallSuspension {
+    func enterHostCall(mayBlock: Bool) throws -> Bool {
+        if asyncify.state == .rewinding {
+            try asyncify.stopRewind()
+            recordPause()
+            return false
+        }
+        if suspension.isPending || (mayBlock && configuration.suspendAtEveryBlock) {
+            try beginUnwind()
+            return true
+        }
+        return false
+    }
+
+    func suspendInsideWait() throws {
+        try beginUnwind()
+    }
+
+    private func beginUnwind() throws {
+        unwindStartedAt = ContinuousClock.now
+        try asyncify.startUnwind()
+    }
+
+    private func recordPause() {
+        guard let began = unwindStartedAt else { return }
+        unwindStartedAt = nil
+        let (seconds, attoseconds) = (ContinuousClock.now - began).components
+        let nanos = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+        statistics.count += 1
+        statistics.totalPauseNanos += nanos
+        statistics.maxPauseNanos = max(statistics.maxPauseNanos, nanos)
+    }
+}

@@ -1,0 +1,162 @@
+import Foundation
+import UnderstudyCore
+import WasmKit
+
+/// A guest module made ready to run as a machine: Asyncify-instrumented over the host calls that
+/// can suspend, and with every mutable global exported.
+public struct PreparedModule: @unchecked Sendable {
+    /// SHA-256 of the prepared bytes: what the backup checks in the handshake.
+    public let hash: String
+    public let bytes: [UInt8]
+    /// WasmKit's `Module` is a value over immutable data; it is only ever read.
+    public let module: Module
+}
+
+public enum ModulePreparationError: Error, CustomStringConvertible, Equatable {
+    case unreadable(path: String, reason: String)
+    case invalid(reason: String)
+    case unsupportedImport(module: String, name: String)
+    case missingExport(String)
+    case asyncifyUnavailable(String)
+    case asyncifyFailed(String)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let path, let reason): return "cannot read module \(path): \(reason)"
+        case .invalid(let reason): return "not a valid WebAssembly module: \(reason)"
+        case .unsupportedImport(let module, let name):
+            return "the guest imports \(module).\(name), which understudy does not offer"
+        case .missingExport(let name): return "the guest does not export \(name) (is it a WASI command module?)"
+        case .asyncifyUnavailable(let reason): return "cannot prepare the module: \(reason)"
+        case .asyncifyFailed(let reason): return "Asyncify (wasm-opt) failed: \(reason)"
+        }
+    }
+}
+
+public struct ModulePreparer {
+    /// Bumped whenever preparation changes what it produces, so stale cache entries are ignored.
+    static let preparationVersion = "understudy-prepare-1"
+
+    public var cacheDirectory: URL
+    public var wasmOptPath: String?
+
+    public init(cacheDirectory: URL? = nil, wasmOptPath: String? = nil) {
+        let environment = ProcessInfo.processInfo.environment
+        self.cacheDirectory = cacheDirectory
+            ?? environment["UNDERSTUDY_CACHE"].map { URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/understudy")
+        self.wasmOptPath = wasmOptPath ?? environment["UNDERSTUDY_WASM_OPT"] ?? Self.findOnPath("wasm-opt")
+    }
+
+    public func prepare(path: String) throws(ModulePreparationError) -> PreparedModule {
+        let original: [UInt8]
+        do {
+            original = Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+        } catch {
+            throw .unreadable(path: path, reason: (error as NSError).localizedDescription)
+        }
+        return try prepare(bytes: original)
+    }
+
+    public func prepare(bytes original: [UInt8]) throws(ModulePreparationError) -> PreparedModule {
+        let parsed = try Self.parse(original)
+        try Self.checkInterface(parsed)
+        let blocking = parsed.imports.map(\.name).filter { WASIImportTable.suspendable.contains($0) }
+
+        let key = SHA256.hex(of: Array(Self.preparationVersion.utf8) + original)
+        let cached = cacheDirectory.appendingPathComponent("\(key).wasm")
+        if let bytes = try? Array(Data(contentsOf: cached)), let module = try? parseWasm(bytes: bytes),
+            module.exports.contains(where: { $0.name == "asyncify_start_unwind" })
+        {
+            return PreparedModule(hash: SHA256.hex(of: bytes), bytes: bytes, module: module)
+        }
+
+        let asyncified = try asyncify(original, imports: blocking)
+        let prepared: [UInt8]
+        do {
+            prepared = try GlobalExporter.exportMutableGlobals(asyncified)
+        } catch {
+            throw .invalid(reason: error.description)
+        }
+        let module = try Self.parse(prepared)
+        store(prepared, at: cached)
+        return PreparedModule(hash: SHA256.hex(of: prepared), bytes: prepared, module: module)
+    }
+
+    static func parse(_ bytes: [UInt8]) throws(ModulePreparationError) -> Module {
+        do {
+            return try parseWasm(bytes: bytes)
+        } catch {
+            throw .invalid(reason: "\(error)")
+        }
+    }
+
+    static func checkInterface(_ module: Module) throws(ModulePreparationError) {
+        for entry in module.imports {
+            guard entry.module == WASIImportTable.moduleName, WASIImportTable.offered.contains(entry.name) else {
+                throw .unsupportedImport(module: entry.module, name: entry.name)
+            }
+        }
+        for required in ["_start", "memory"] where !module.exports.contains(where: { $0.name == required }) {
+            throw .missingExport(required)
+        }
+    }
+
+    private func asyncify(_ bytes: [UInt8], imports: [String]) throws(ModulePreparationError) -> [UInt8] {
+        guard let wasmOpt = wasmOptPath else {
+            throw .asyncifyUnavailable("wasm-opt (Debian package binaryen) is not on PATH; set UNDERSTUDY_WASM_OPT")
+        }
+        let scratch = FileManager.default.temporaryDirectory
+            .appendingPathComponent("understudy-prepare-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let input = scratch.appendingPathComponent("in.wasm")
+        let output = scratch.appendingPathComponent("out.wasm")
+        let importList = imports.map { "\(WASIImportTable.moduleName).\($0)" }.joined(separator: ",")
+        do {
+            try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+            try Data(bytes).write(to: input)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: wasmOpt)
+            process.arguments = [
+                input.path, "--asyncify", "--pass-arg=asyncify-imports@\(importList)", "-O2", "-o", output.path,
+            ]
+            let errors = Pipe()
+            process.standardError = errors
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let message = errors.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                let text = String(decoding: message, as: UTF8.self).split(separator: "\n").first.map(String.init)
+                throw ModulePreparationError.asyncifyFailed(text ?? "exit status \(process.terminationStatus)")
+            }
+            return Array(try Data(contentsOf: output))
+        } catch let error as ModulePreparationError {
+            throw error
+        } catch {
+            throw .asyncifyFailed("\(error)")
+        }
+    }
+
+    /// Write-then-rename, so a concurrent reader never sees half a module. A cache that cannot be
+    /// written only costs the next start another wasm-opt run.
+    private func store(_ bytes: [UInt8], at url: URL) {
+        let temporary = url.appendingPathExtension("tmp\(ProcessInfo.processInfo.processIdentifier)")
+        do {
+            try FileManager.default.createDirectory(at: cacheDirectory, withIntermediateDirectories: true)
+            try Data(bytes).write(to: temporary)
+            _ = try FileManager.default.replaceItemAt(url, withItemAt: temporary)
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+        }
+    }
+
+    static func findOnPath(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,147 @@
+import UnderstudyCore
+
+/// Stream I/O on connections and listeners. A call on a blocking descriptor that cannot proceed
+/// waits in the world (never spins); a wait interrupted for a checkpoint suspends the guest
+/// before anything guest-visible has happened, so the call can simply run again after the rewind.
+extension WASIHost {
+    func read(_ fd: UInt32, _ vectors: UInt32, _ vectorCount: UInt32, _ result: UInt32) throws -> WASIErrno {
+        let entry = try descriptors.entry(fd)
+        switch entry.kind {
+        case .stdin:
+            if try enter(mayBlock: false) { return .success }
+            try memory.store(UInt32(0), at: result)  // the console has no input: end of file
+            return .success
+        case .connection(let id):
+            return try receive(id, entry, vectors, vectorCount, result)
+        case .console, .listener:
+            return .badf
+        }
+    }
+
+    func receive(
+        _ fd: UInt32, _ vectors: UInt32, _ vectorCount: UInt32, _ flags: UInt32, _ result: UInt32, _ resultFlags: UInt32
+    ) throws -> WASIErrno {
+        let entry = try descriptors.entry(fd)
+        guard case .connection(let id) = entry.kind else { return .notsock }
+        _ = try memory.checked(resultFlags, 2)
+        let errno = try receive(id, entry, vectors, vectorCount, result)
+        if errno == .success { try memory.store(UInt16(0), at: resultFlags) }
+        return errno
+    }
+
+    private func receive(
+        _ id: ConnectionID, _ entry: DescriptorTable.Entry, _ vectors: UInt32, _ vectorCount: UInt32, _ result: UInt32
+    ) throws -> WASIErrno {
+        if try enter(mayBlock: !entry.nonblocking) { return .success }
+        _ = try memory.checked(result, 4)
+        // One vector per call: a short read is always allowed, and it spares a gather copy.
+        guard let target = try memory.ioVectors(at: vectors, count: vectorCount).first(where: { $0.length > 0 }) else {
+            try memory.store(UInt32(0), at: result)
+            return .success
+        }
+        while true {
+            let outcome = try memory.withBytes(at: target.base, count: target.length) { buffer in
+                world.receive(connection: id, into: buffer)
+            }
+            switch outcome {
+            case .done(let count):
+                try memory.store(UInt32(count), at: result)
+                return .success
+            case .failed(let errno):
+                return WASIErrno(hostErrno: errno)
+            case .wouldBlock:
+                if entry.nonblocking { return .again }
+                guard try waitFor(PollInterest(target: .connection(id), readable: true, writable: false)) else {
+                    return .success
+                }
+            }
+        }
+    }
+
+    func write(_ fd: UInt32, _ vectors: UInt32, _ vectorCount: UInt32, _ result: UInt32) throws -> WASIErrno {
+        let entry = try descriptors.entry(fd)
+        if try enter(mayBlock: !entry.nonblocking) { return .success }
+        _ = try memory.checked(result, 4)
+        let pieces = try memory.ioVectors(at: vectors, count: vectorCount).filter { $0.length > 0 }
+        var gathered: [UInt8] = []
+        for piece in pieces {
+            try memory.withBytes(at: piece.base, count: piece.length) { gathered.append(contentsOf: $0) }
+        }
+        switch entry.kind {
+        case .console(let stream):
+            gathered.withUnsafeBytes { world.console(stream, bytes: $0) }
+            try memory.store(UInt32(gathered.count), at: result)
+            return .success
+        case .connection(let id):
+            return try send(gathered, on: id, entry, result)
+        case .stdin, .listener:
+            return .badf
+        }
+    }
+
+    private func send(
+        _ bytes: [UInt8], on id: ConnectionID, _ entry: DescriptorTable.Entry, _ result: UInt32
+    ) throws -> WASIErrno {
+        while true {
+            switch bytes.withUnsafeBytes({ world.send(connection: id, bytes: $0) }) {
+            case .done(let count):
+                try memory.store(UInt32(count), at: result)
+                return .success
+            case .failed(let errno):
+                return WASIErrno(hostErrno: errno)
+            case .wouldBlock:
+                if entry.nonblocking { return .again }
+                guard try waitFor(PollInterest(target: .connection(id), readable: false, writable: true)) else {
+                    return .success
+                }
+            }
+        }
+    }
+
+    func accept(_ fd: UInt32, _ flags: UInt32, _ result: UInt32) throws -> WASIErrno {
+        let entry = try descriptors.entry(fd)
+        guard case .listener(let listener) = entry.kind else { return .notsock }
+        if try enter(mayBlock: !entry.nonblocking) { return .success }
+        _ = try memory.checked(result, 4)
+        while true {
+            switch world.accept(listener: listener) {
+            case .done(let connection):
+                let newFD: UInt32
+                do {
+                    newFD = try descriptors.insert(.init(kind: .connection(connection), nonblocking: flags & 4 != 0))
+                } catch {
+                    world.close(connection: connection)
+                    throw error
+                }
+                try memory.store(newFD, at: result)
+                return .success
+            case .failed(let errno):
+                return WASIErrno(hostErrno: errno)
+            case .wouldBlock:
+                if entry.nonblocking { return .again }
+                guard try waitFor(PollInterest(target: .listener(listener), readable: true, writable: false)) else {
+                    return .success
+                }
+            }
+        }
+    }
+
+    func shutdown(_ fd: UInt32, _ how: UInt32) throws -> WASIErrno {
+        let entry = try descriptors.entry(fd)
+        guard case .connection(let id) = entry.kind else { return .notsock }
+        guard how & 3 != 0, how & ~3 == 0 else { return .inval }
+        if try enter(mayBlock: false) { return .success }
+        world.shutdown(connection: id, reading: how & 1 != 0, writing: how & 2 != 0)
+        return .success
+    }
+
+    /// Blocks until `interest` is ready. False when the wait was interrupted and the guest is
+    /// now unwinding.
+    private func waitFor(_ interest: PollInterest) throws -> Bool {
+        if case .interrupted = world.poll([interest], timeoutNanos: nil) {
+            try suspension?.suspendInsideWait()
+            return false
+        }
+        return true
+    }
+}

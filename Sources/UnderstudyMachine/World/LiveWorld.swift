@@ -1,0 +1,139 @@
+import CUnderstudyHost
+import Glibc
+import UnderstudyCore
+
+/// The real world: host clocks, the kernel's entropy, real TCP sockets. Its answers are what a
+/// recording logs and what a replay reproduces.
+public final class LiveWorld: MachineWorld {
+    private var listeners: [Int32]
+    private var connections: [ConnectionID: Int32] = [:]
+    private var nextConnection: UInt64 = 1
+    private let suspension: SuspensionRequest
+
+    /// Opens every listener now, so a taken port is reported before the guest starts.
+    public init(listening addresses: [ServiceAddress], suspension: SuspensionRequest) throws(ListenError) {
+        self.suspension = suspension
+        var opened: [Int32] = []
+        for address in addresses {
+            do {
+                opened.append(try openListeningSocket(address))
+            } catch {
+                opened.forEach { _ = Glibc.close($0) }
+                throw error
+            }
+        }
+        listeners = opened
+    }
+
+    deinit {
+        listeners.forEach { _ = Glibc.close($0) }
+        connections.values.forEach { _ = Glibc.close($0) }
+    }
+
+    public func clockNow(_ clock: WorldClock) -> UInt64 {
+        let id: clockid_t
+        switch clock {
+        case .realtime: id = CLOCK_REALTIME
+        case .monotonic: id = CLOCK_MONOTONIC
+        case .processCPU: id = CLOCK_PROCESS_CPUTIME_ID
+        case .threadCPU: id = CLOCK_THREAD_CPUTIME_ID
+        }
+        var now = timespec()
+        clock_gettime(id, &now)
+        return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+    }
+
+    public func randomBytes(into buffer: UnsafeMutableRawBufferPointer) {
+        guard let base = buffer.baseAddress, !buffer.isEmpty else { return }
+        let filled = understudy_getrandom(base, buffer.count)
+        precondition(filled == 0, "the kernel refused entropy: \(hostErrorText())")
+    }
+
+    public func accept(listener: ListenerID) -> WorldResult<ConnectionID> {
+        guard listener.index < listeners.count else { return .failed(errno: EBADF) }
+        let fd = understudy_accept_nonblocking(listeners[listener.index])
+        guard fd >= 0 else {
+            let code = errno
+            return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(errno: code)
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let id = ConnectionID(nextConnection)
+        nextConnection += 1
+        connections[id] = fd
+        return .done(id)
+    }
+
+    public func receive(connection: ConnectionID, into buffer: UnsafeMutableRawBufferPointer) -> WorldResult<Int> {
+        guard let fd = connections[connection] else { return .failed(errno: EBADF) }
+        let got = recv(fd, buffer.baseAddress, buffer.count, 0)
+        if got >= 0 { return .done(got) }
+        let code = errno
+        return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(errno: code)
+    }
+
+    public func send(connection: ConnectionID, bytes: UnsafeRawBufferPointer) -> WorldResult<Int> {
+        guard let fd = connections[connection] else { return .failed(errno: EBADF) }
+        if bytes.isEmpty { return .done(0) }
+        let sent = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+        if sent >= 0 { return .done(sent) }
+        let code = errno
+        return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(errno: code)
+    }
+
+    public func shutdown(connection: ConnectionID, reading: Bool, writing: Bool) {
+        guard let fd = connections[connection] else { return }
+        let how = reading && writing ? Int32(SHUT_RDWR) : reading ? Int32(SHUT_RD) : Int32(SHUT_WR)
+        _ = Glibc.shutdown(fd, how)
+    }
+
+    public func close(connection: ConnectionID) {
+        guard let fd = connections.removeValue(forKey: connection) else { return }
+        _ = Glibc.close(fd)
+    }
+
+    public func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
+        if suspension.isPending { return .interrupted }
+        var descriptors = interests.map { interest -> pollfd in
+            var events: Int16 = 0
+            if interest.readable { events |= Int16(POLLIN) }
+            if interest.writable { events |= Int16(POLLOUT) }
+            return pollfd(fd: descriptor(of: interest.target), events: events, revents: 0)
+        }
+        descriptors.append(pollfd(fd: suspension.wakeDescriptor, events: Int16(POLLIN), revents: 0))
+        let timeout = timeoutNanos.map { Int64(clamping: $0) } ?? -1
+        let count = understudy_ppoll(&descriptors, UInt(descriptors.count), timeout)
+        if suspension.isPending { return .interrupted }
+        if count == 0 { return .timedOut }
+        if count < 0 { return .ready([]) }  // EINTR: the caller polls again
+        var ready: [PollReadiness] = []
+        for index in interests.indices where descriptors[index].revents != 0 {
+            let revents = Int32(descriptors[index].revents)
+            ready.append(
+                PollReadiness(
+                    interest: index,
+                    readable: revents & Int32(POLLIN) != 0,
+                    writable: revents & Int32(POLLOUT) != 0,
+                    hangup: revents & (Int32(POLLHUP) | Int32(POLLERR) | Int32(POLLNVAL)) != 0))
+        }
+        return .ready(ready)
+    }
+
+    public func console(_ stream: ConsoleStream, bytes: UnsafeRawBufferPointer) {
+        var written = 0
+        while written < bytes.count {
+            let result = write(Int32(stream.rawValue), bytes.baseAddress! + written, bytes.count - written)
+            if result <= 0 { return }  // a closed console loses console output, not the machine
+            written += result
+        }
+    }
+
+    /// -1 for an identity the world no longer has; the kernel skips it, and the guest's next
+    /// read on it fails with EBADF.
+    private func descriptor(of target: PollTarget) -> Int32 {
+        switch target {
+        case .listener(let id): return id.index < listeners.count ? listeners[id.index] : -1
+        case .connection(let id): return connections[id] ?? -1
+        }
+    }
+}

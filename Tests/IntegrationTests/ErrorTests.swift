@@ -1,0 +1,77 @@
+import Foundation
+import XCTest
+
+/// Bad input gets one clear line and a non-zero exit, never a crash.
+final class ErrorTests: XCTestCase {
+    private func understudy(_ arguments: [String]) throws -> Harness.Outcome {
+        guard FileManager.default.isExecutableFile(atPath: Harness.binary) else { throw XCTSkip("understudy not built") }
+        return try Harness.run(Harness.binary, arguments, environment: ["UNDERSTUDY_CACHE": Harness.cache])
+    }
+
+    private func module(_ wat: String) throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-wat-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try wat.write(to: directory.appendingPathComponent("m.wat"), atomically: true, encoding: .utf8)
+        let output = directory.appendingPathComponent("m.wasm").path
+        let outcome = try Harness.run("wat2wasm", [directory.appendingPathComponent("m.wat").path, "-o", output])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        return output
+    }
+
+    func testMalformedModule() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("garbage-\(UUID().uuidString).wasm")
+        try Data([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x0a, 0xff, 0x01]).write(to: path)
+        let outcome = try understudy(["run", path.path])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.hasPrefix("understudy: not a valid WebAssembly module"), outcome.stderr)
+        XCTAssertEqual(outcome.stderr.split(separator: "\n").count, 1, outcome.stderr)
+    }
+
+    func testMissingFile() throws {
+        let outcome = try understudy(["run", "/nonexistent/guest.wasm"])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.contains("cannot read module /nonexistent/guest.wasm"), outcome.stderr)
+    }
+
+    func testImportWeDoNotOfferIsNamed() throws {
+        let path = try module(
+            #"(module (import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#)
+        let outcome = try understudy(["run", path])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertEqual(
+            outcome.stderr, "understudy: the guest imports wasi_snapshot_preview1.path_open, which understudy does not offer\n")
+    }
+
+    func testTakenPort() throws {
+        let holder = try ServedGuest("echo")
+        let outcome = try understudy(["run", try Harness.guest("echo"), "--listen", "127.0.0.1:\(holder.port)"])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(
+            outcome.stderr.contains("cannot listen on 127.0.0.1:\(holder.port): bind failed: Address already in use"),
+            outcome.stderr)
+    }
+
+    func testTrappingGuestGivesReasonAndNonZeroExit() throws {
+        let path = try module(
+            #"(module (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32))) (memory (export "memory") 1) (func (export "_start") (drop (call $yield)) (unreachable)))"#)
+        let outcome = try understudy(["run", path])
+        XCTAssertNotEqual(outcome.status, 0)
+        XCTAssertTrue(outcome.stderr.contains("understudy: the guest trapped:"), outcome.stderr)
+        XCTAssertTrue(outcome.stderr.lowercased().contains("unreachable"), outcome.stderr)
+    }
+
+    func testGuestExitCodeIsTheProcessExitCode() throws {
+        let path = try module(
+            #"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32))) (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 3))))"#)
+        XCTAssertEqual(try understudy(["run", path]).status, 3)
+    }
+
+    func testBadFlags() throws {
+        let badAddress = try understudy(["run", "x.wasm", "--listen", "nonsense"])
+        XCTAssertEqual(badAddress.status, 64)
+        XCTAssertTrue(badAddress.stderr.contains("'nonsense' is not HOST:PORT"), badAddress.stderr)
+        let badEnv = try understudy(["run", "x.wasm", "--env", "NOVALUE"])
+        XCTAssertEqual(badEnv.status, 64)
+        XCTAssertTrue(badEnv.stderr.contains("is not KEY=VALUE"), badEnv.stderr)
+    }
+}

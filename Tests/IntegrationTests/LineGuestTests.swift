@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+
+/// The bank, echo and dirty guests over real TCP from concurrent clients.
+final class LineGuestTests: XCTestCase {
+    func testBankConservesMoneyUnderConcurrentTransfers() throws {
+        let server = try ServedGuest("bank", guestArguments: ["50", "1000"])
+        let clients = 8
+        let transfersPerClient = 60
+        let okCount = LockedCounter()
+        let failures = LockedCounter()
+        DispatchQueue.concurrentPerform(iterations: clients) { worker in
+            do {
+                let client = try LineClient(port: server.port)
+                var random = SystemRandomNumberGenerator()
+                for _ in 0..<transfersPerClient {
+                    let from = Int.random(in: 0..<50, using: &random)
+                    let to = Int.random(in: 0..<50, using: &random)
+                    let reply = try client.request("TRANSFER \(from) \(to) \(Int.random(in: 1...300, using: &random))")
+                    if reply.hasPrefix("OK ") { okCount.add() } else if reply != "ERR insufficient" { failures.add() }
+                }
+            } catch {
+                failures.add()
+            }
+        }
+        XCTAssertEqual(failures.value, 0)
+        let audit = try LineClient(port: server.port).request("AUDIT")
+        XCTAssertEqual(audit, "AUDIT 50000 \(okCount.value)")
+        XCTAssertGreaterThan(okCount.value, 0)
+    }
+
+    func testEchoReturnsEveryLineToItsOwnClient() throws {
+        let server = try ServedGuest("echo")
+        let mismatches = LockedCounter()
+        DispatchQueue.concurrentPerform(iterations: 16) { worker in
+            do {
+                let client = try LineClient(port: server.port)
+                for line in 0..<40 {
+                    let text = "client \(worker) line \(line) " + String(repeating: "z", count: line * 13)
+                    if try client.request(text) != text { mismatches.add() }
+                }
+            } catch {
+                mismatches.add()
+            }
+        }
+        XCTAssertEqual(mismatches.value, 0)
+    }
+
+    func testDirtyGuestWritesPagesAtItsRate() throws {
+        let server = try ServedGuest("dirty", guestArguments: ["500", "8"])
+        let client = try LineClient(port: server.port)
+        let first = try client.request("STATUS")
+        usleep(600_000)
+        let second = try client.request("STATUS")
+        XCTAssertTrue(second.contains("working_set_mib=8"), second)
+        func written(_ status: String) -> Int {
+            status.split(separator: " ").first { $0.hasPrefix("pages_written=") }
+                .flatMap { Int($0.dropFirst("pages_written=".count)) } ?? -1
+        }
+        XCTAssertGreaterThan(written(second), written(first), "\(first) → \(second)")
+    }
+}
+
+final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    func add() { lock.withLock { count += 1 } }
+    var value: Int { lock.withLock { count } }
+}

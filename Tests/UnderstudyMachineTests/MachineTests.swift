@@ -1,0 +1,77 @@
+import Foundation
+import UnderstudyCore
+import XCTest
+
+@testable import UnderstudyMachine
+
+final class MachineTests: XCTestCase {
+    private func machine(_ guest: String, _ world: ScriptedWorld, arguments: [String] = []) throws -> Machine {
+        try Machine(
+            prepared: try Fixtures.guest(guest), world: world, suspension: world.suspension,
+            configuration: MachineConfiguration(arguments: [guest] + arguments, listenerCount: 1))
+    }
+
+    /// The interpreter, WASI argv and console output against the same C built natively.
+    func testCPUGuestMatchesNativeBuild() throws {
+        let native = Process()
+        native.executableURL = Fixtures.guests.appendingPathComponent("native/cpu")
+        native.arguments = ["1"]  // a tenth of the benchmark's work: seconds, not minutes, in the interpreter
+        let pipe = Pipe()
+        native.standardOutput = pipe
+        try native.run()
+        let expected = pipe.fileHandleForReading.readDataToEndOfFile()
+        native.waitUntilExit()
+
+        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
+        let machine = try Machine(
+            prepared: try Fixtures.guest("cpu"), world: world, suspension: world.suspension,
+            configuration: MachineConfiguration(arguments: ["cpu", "1"], listenerCount: 0))
+        XCTAssertEqual(try machine.run(), 0)
+        XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), String(decoding: expected, as: UTF8.self))
+        XCTAssertTrue(String(decoding: expected, as: UTF8.self).hasPrefix("cpu: result="))
+    }
+
+    /// Suspending at waits (unwinding the whole stack into memory and rewinding it) must not
+    /// change what the guest does: echo's output equals its input across many suspensions.
+    func testEchoSurvivesSuspensionAtEveryOtherWait() throws {
+        let lines = (0..<200).map { "line \($0) " + String(repeating: "x", count: $0 % 37) + "\n" }
+        let input = Array(lines.joined().utf8)
+        let chunks = stride(from: 0, to: input.count, by: 97).map { Array(input[$0..<min($0 + 97, input.count)]) }
+        let world = ScriptedWorld(incoming: chunks, interruptEvery: 2, suspension: SuspensionRequest())
+        let suspensions = try machine("echo", world).runScripted(world)
+        XCTAssertEqual(String(decoding: world.sent, as: UTF8.self), lines.joined())
+        XCTAssertGreaterThan(suspensions, 20)
+    }
+
+    func testKVAnswersPipelinedRESPThroughSuspensions() throws {
+        let request = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        let world = ScriptedWorld(
+            incoming: Array(request.utf8).map { [$0] }, interruptEvery: 3, suspension: SuspensionRequest())
+        _ = try machine("kv", world).runScripted(world)
+        XCTAssertEqual(String(decoding: world.sent, as: UTF8.self), "+OK\r\n:1\r\n:2\r\n$5\r\nhello\r\n")
+    }
+
+    /// Every clock reading and random byte comes from the world: the same world gives the same
+    /// machine, a different entropy source a different one.
+    func testClockAndEntropyComeOnlyFromTheWorld() throws {
+        func transcript(seed: UInt8) throws -> String {
+            let world = ScriptedWorld(
+                incoming: [Array("a\nb\nSTATE\n".utf8)], randomSeed: seed, suspension: SuspensionRequest())
+            _ = try machine("clocky", world).runScripted(world)
+            return String(decoding: world.sent, as: UTF8.self)
+        }
+        let first = try transcript(seed: 3)
+        XCTAssertEqual(first.split(separator: "\n").count, 3, first)
+        XCTAssertEqual(first, try transcript(seed: 3))
+        XCTAssertNotEqual(first, try transcript(seed: 4))
+    }
+
+    func testSuspensionStatisticsCountResumes() throws {
+        let world = ScriptedWorld(incoming: [Array("ping\n".utf8)], interruptEvery: 1, suspension: SuspensionRequest())
+        let machine = try machine("echo", world)
+        let suspensions = try machine.runScripted(world)
+        XCTAssertEqual(machine.statistics.count, suspensions)
+        XCTAssertGreaterThan(machine.statistics.count, 0)
+        XCTAssertGreaterThan(machine.statistics.totalPauseNanos, 0)
+    }
+}

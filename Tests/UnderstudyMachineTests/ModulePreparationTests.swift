@@ -1,0 +1,103 @@
+import Foundation
+import WAT
+import WasmKit
+import XCTest
+
+@testable import UnderstudyMachine
+
+final class ModulePreparationTests: XCTestCase {
+    func testMalformedModuleIsRefusedWithReason() {
+        XCTAssertThrowsError(try Fixtures.preparer().prepare(bytes: [0x00, 0x61, 0x73, 0x6d, 0x01, 0, 0, 0, 0x01, 0xff])) { error in
+            guard case ModulePreparationError.invalid = error else { return XCTFail("\(error)") }
+            XCTAssertTrue("\(error)".hasPrefix("not a valid WebAssembly module"), "\(error)")
+        }
+        XCTAssertThrowsError(try Fixtures.preparer().prepare(bytes: Array("hello".utf8)))
+    }
+
+    func testImportWeDoNotOfferIsNamed() throws {
+        let fileSystem = try wat2wasm(
+            #"(module (import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#)
+        XCTAssertThrowsError(try Fixtures.preparer().prepare(bytes: fileSystem)) { error in
+            XCTAssertEqual(error as? ModulePreparationError, .unsupportedImport(module: "wasi_snapshot_preview1", name: "path_open"))
+            XCTAssertEqual("\(error)", "the guest imports wasi_snapshot_preview1.path_open, which understudy does not offer")
+        }
+        let foreign = try wat2wasm(#"(module (import "env" "magic" (func)) (memory (export "memory") 1) (func (export "_start")))"#)
+        XCTAssertThrowsError(try Fixtures.preparer().prepare(bytes: foreign)) { error in
+            XCTAssertEqual(error as? ModulePreparationError, .unsupportedImport(module: "env", name: "magic"))
+        }
+    }
+
+    func testReactorWithoutStartIsRefused() throws {
+        let reactor = try wat2wasm(#"(module (memory (export "memory") 1) (func (export "init")))"#)
+        XCTAssertThrowsError(try Fixtures.preparer().prepare(bytes: reactor)) { error in
+            XCTAssertEqual(error as? ModulePreparationError, .missingExport("_start"))
+        }
+    }
+
+    func testEveryMutableGlobalIsExportedAndConstantsAreNot() throws {
+        let source = try wat2wasm(
+            #"""
+            (module
+              (global $sp (export "__stack_pointer") (mut i32) (i32.const 1024))
+              (global $hidden (mut i64) (i64.const 7))
+              (global $constant i32 (i32.const 3))
+              (global $other (mut f64) (f64.const 2.5))
+              (memory (export "memory") 1)
+              (func (export "_start") (global.set $hidden (i64.const 8))))
+            """#)
+        let rewritten = try GlobalExporter.exportMutableGlobals(source)
+        let module = try parseWasm(bytes: rewritten)
+        let globalExports = module.exports.compactMap { export -> String? in
+            if case .global = export.descriptor { return export.name }
+            return nil
+        }
+        XCTAssertEqual(
+            Set(globalExports),
+            ["__stack_pointer", GlobalExporter.exportedGlobalPrefix + "1", GlobalExporter.exportedGlobalPrefix + "3"])
+        XCTAssertEqual(try GlobalExporter.exportMutableGlobals(rewritten), rewritten, "already complete: unchanged")
+    }
+
+    func testPreparedGuestIsAsyncifiedAndCached() throws {
+        let first = try Fixtures.guest("echo")
+        let names = Set(first.module.exports.map(\.name))
+        for name in ["asyncify_start_unwind", "asyncify_stop_unwind", "asyncify_start_rewind", "asyncify_stop_rewind"] {
+            XCTAssertTrue(names.contains(name), name)
+        }
+        XCTAssertTrue(names.contains { $0.hasPrefix(GlobalExporter.exportedGlobalPrefix) }, "Asyncify's own globals are exported")
+        let again = try Fixtures.guest("echo")
+        XCTAssertEqual(first.hash, again.hash)
+        XCTAssertEqual(first.hash.count, 64)
+    }
+
+    func testTruncatedBinaryIsReportedNotCrashed() {
+        XCTAssertThrowsError(try WasmBinaryReader.sections(of: WasmBinaryReader.header + [0x01, 0x80])) { error in
+            XCTAssertTrue("\(error)".contains("ends early"), "\(error)")
+        }
+    }
+}
+
+final class DescriptorTableTests: XCTestCase {
+    func testListenersFollowStdioAndNewDescriptorsTakeTheLowestFree() throws {
+        var table = DescriptorTable(listenerCount: 2)
+        XCTAssertEqual(try table.entry(3).kind, .listener(.init(0)))
+        XCTAssertEqual(try table.entry(4).kind, .listener(.init(1)))
+        let a = try table.insert(.init(kind: .connection(.init(1)), nonblocking: true))
+        let b = try table.insert(.init(kind: .connection(.init(2)), nonblocking: true))
+        XCTAssertEqual([a, b], [5, 6])
+        try table.remove(a)
+        XCTAssertThrowsError(try table.entry(a)) { XCTAssertEqual($0 as? WASIErrno, .badf) }
+        XCTAssertEqual(try table.insert(.init(kind: .connection(.init(3)), nonblocking: false)), 5)
+        XCTAssertEqual(table.openConnections, [.init(3), .init(2)])
+        XCTAssertThrowsError(try table.entry(99)) { XCTAssertEqual($0 as? WASIErrno, .badf) }
+    }
+
+    func testDescriptorBoundGivesEMFILE() throws {
+        var table = DescriptorTable(listenerCount: 0)
+        for index in 3..<DescriptorTable.descriptorsMax {
+            _ = try table.insert(.init(kind: .connection(.init(UInt64(index))), nonblocking: true))
+        }
+        XCTAssertThrowsError(try table.insert(.init(kind: .connection(.init(0)), nonblocking: true))) {
+            XCTAssertEqual($0 as? WASIErrno, .mfile)
+        }
+    }
+}

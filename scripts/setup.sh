@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking need, once: Debian packages for the guest
+# toolchain (wasi-libc, the wasm32 compiler runtime), Asyncify (binaryen), wabt, and the real
+# clients the tests drive (redis-tools, wrk, curl). Idempotent: does nothing when all are present.
+set -euo pipefail
+
+packages=(wasi-libc libclang-rt-19-dev-wasm32 binaryen wabt libzstd-dev liblz4-dev redis-tools wrk curl)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.3 expected at /opt/swift)"; exit 1; }
