@@ -18,6 +18,7 @@ public protocol MachineWorld: AnyObject {
     func send(connection: ConnectionID, bytes: UnsafeRawBufferPointer) -> WorldResult<Int>
     func shutdown(connection: ConnectionID, reading: Bool, writing: Bool)
     func close(connection: ConnectionID)
+    func close(listener: ListenerID)
 
     /// Waits until one of `interests` is ready, `timeoutNanos` passes (nil: no limit), or the
     /// host interrupts the wait (a checkpoint is due). Never busy-waits.
@@ -95,4 +96,6 @@ public enum PollOutcome: Equatable, Sendable {
     case timedOut
     /// The host asked the machine to stop at this host call (a checkpoint is due).
     case interrupted
+    /// The wait itself failed (too many descriptors, no memory): the guest's call fails too.
+    case failed(errno: Int32)
 }

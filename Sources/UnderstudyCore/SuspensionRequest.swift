@@ -38,6 +38,12 @@ public final class SuspensionRequest: Sendable {
     /// Called by the machine once the suspension has been handled.
     public func clear() {
         pending.store(false, ordering: .releasing)
+        drainStaleWakeups()
+    }
+
+    /// Empties the wake pipe. A request made concurrently sets `pending` again after its byte,
+    /// so a reader that finds `pending` false after draining has lost nothing.
+    public func drainStaleWakeups() {
         var drained = [UInt8](repeating: 0, count: 64)
         while read(wakeDescriptor, &drained, drained.count) > 0 {}
     }

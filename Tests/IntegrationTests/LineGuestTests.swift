@@ -7,11 +7,12 @@ final class LineGuestTests: XCTestCase {
         let server = try ServedGuest("bank", guestArguments: ["50", "1000"])
         let clients = 8
         let transfersPerClient = 60
+        let port = server.port
         let okCount = LockedCounter()
         let failures = LockedCounter()
         DispatchQueue.concurrentPerform(iterations: clients) { worker in
             do {
-                let client = try LineClient(port: server.port)
+                let client = try LineClient(port: port)
                 var random = SystemRandomNumberGenerator()
                 for _ in 0..<transfersPerClient {
                     let from = Int.random(in: 0..<50, using: &random)
@@ -31,10 +32,11 @@ final class LineGuestTests: XCTestCase {
 
     func testEchoReturnsEveryLineToItsOwnClient() throws {
         let server = try ServedGuest("echo")
+        let port = server.port
         let mismatches = LockedCounter()
         DispatchQueue.concurrentPerform(iterations: 16) { worker in
             do {
-                let client = try LineClient(port: server.port)
+                let client = try LineClient(port: port)
                 for line in 0..<40 {
                     let text = "client \(worker) line \(line) " + String(repeating: "z", count: line * 13)
                     if try client.request(text) != text { mismatches.add() }

@@ -84,6 +84,7 @@ final class ScriptedWorld: MachineWorld {
 
     func shutdown(connection: ConnectionID, reading: Bool, writing: Bool) {}
     func close(connection: ConnectionID) { closed = true }
+    func close(listener: ListenerID) {}
 
     func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
         polls += 1

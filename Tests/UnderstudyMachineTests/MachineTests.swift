@@ -51,6 +51,32 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(String(decoding: world.sent, as: UTF8.self), "+OK\r\n:1\r\n:2\r\n$5\r\nhello\r\n")
     }
 
+    /// The unwind buffer must never share memory with the guest's heap: fill kv's heap far past
+    /// its initial memory while suspending at every other wait, then read every value back.
+    func testHeapGrowthAcrossSuspensionsLosesNothing() throws {
+        let count = 2_000
+        let value = { (index: Int) in String(repeating: Character(UnicodeScalar(UInt8(97 + index % 26))), count: 300) + "\(index)" }
+        var script = ""
+        for index in 0..<count {
+            let key = "key:\(index)"
+            let data = value(index)
+            script += "*3\r\n$3\r\nSET\r\n$\(key.utf8.count)\r\n\(key)\r\n$\(data.utf8.count)\r\n\(data)\r\n"
+        }
+        var expected = String(repeating: "+OK\r\n", count: count)
+        for index in stride(from: 0, to: count, by: 7) {
+            let key = "key:\(index)"
+            script += "*2\r\n$3\r\nGET\r\n$\(key.utf8.count)\r\n\(key)\r\n"
+            expected += "$\(value(index).utf8.count)\r\n\(value(index))\r\n"
+        }
+        let bytes = Array(script.utf8)
+        let chunks = stride(from: 0, to: bytes.count, by: 4_096).map { Array(bytes[$0..<min($0 + 4_096, bytes.count)]) }
+        let world = ScriptedWorld(incoming: chunks, interruptEvery: 2, suspension: SuspensionRequest())
+        let suspensions = try machine("kv", world).runScripted(world)
+        XCTAssertGreaterThan(suspensions, 50)
+        XCTAssertEqual(world.sent.count, expected.utf8.count)
+        XCTAssertTrue(String(decoding: world.sent, as: UTF8.self) == expected, "replies differ after heap growth")
+    }
+
     /// Every clock reading and random byte comes from the world: the same world gives the same
     /// machine, a different entropy source a different one.
     func testClockAndEntropyComeOnlyFromTheWorld() throws {
@@ -67,7 +93,7 @@ final class MachineTests: XCTestCase {
     }
 
     func testSuspensionStatisticsCountResumes() throws {
-        let world = ScriptedWorld(incoming: [Array("ping\n".utf8)], interruptEvery: 1, suspension: SuspensionRequest())
+        let world = ScriptedWorld(incoming: [Array("ping\n".utf8)], interruptEvery: 2, suspension: SuspensionRequest())
         let machine = try machine("echo", world)
         let suspensions = try machine.runScripted(world)
         XCTAssertEqual(machine.statistics.count, suspensions)

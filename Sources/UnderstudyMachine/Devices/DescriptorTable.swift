@@ -44,12 +44,12 @@ public struct DescriptorTable: Equatable, Sendable {
 
     /// The lowest free descriptor, as POSIX assigns them: deterministic, so replay agrees.
     mutating func insert(_ entry: Entry) throws(WASIErrno) -> UInt32 {
-        if let free = entries[lowestFreeCandidate...].firstIndex(where: { $0 == nil }) {
+        if let free = entries[min(lowestFreeCandidate, entries.count)...].firstIndex(where: { $0 == nil }) {
             entries[free] = entry
             lowestFreeCandidate = free + 1
             return UInt32(free)
         }
-        lowestFreeCandidate = entries.count + 1
+        lowestFreeCandidate = entries.count
         guard entries.count < Self.descriptorsMax else { throw .mfile }
         entries.append(entry)
         return UInt32(entries.count - 1)

@@ -15,12 +15,18 @@ final class AsyncifyController {
     private let startRewindExport: Function
     private let stopRewindExport: Function
     private let memory: GuestMemoryView
+    private let stackPointer: Global
     /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it.
-    let dataAddress: UInt32
+    /// It is placed at each unwind just below the guest's shadow-stack pointer: that memory is
+    /// free (wasm32 C never uses memory below the stack pointer), and Asyncify runs no prologue
+    /// or epilogue while unwinding or rewinding, so nothing moves the pointer until the rewind
+    /// ends. Memory the host grew for itself would not do: this wasi-libc's malloc claims all
+    /// memory up to the size it finds at its first call.
+    private(set) var dataAddress: UInt32 = 0
     let dataSize: UInt32
     private(set) var state: State = .normal
 
-    init(instance: Instance, memory: GuestMemoryView, dataAddress: UInt32, dataSize: UInt32) throws(MachineError) {
+    init(instance: Instance, memory: GuestMemoryView, dataSize: UInt32) throws(MachineError) {
         func export(_ name: String) throws(MachineError) -> Function {
             guard let function = instance.exports[function: name] else {
                 throw .instantiation("the prepared module lacks \(name): it was not Asyncify-instrumented")
@@ -31,13 +37,21 @@ final class AsyncifyController {
         stopUnwindExport = try export("asyncify_stop_unwind")
         startRewindExport = try export("asyncify_start_rewind")
         stopRewindExport = try export("asyncify_stop_rewind")
+        // wasm-ld makes the shadow-stack pointer the module's first global; preparation exported it.
+        guard let stackPointer = instance.exports[global: "__stack_pointer"]
+            ?? instance.exports[global: GlobalExporter.exportedGlobalPrefix + "0"]
+        else { throw .instantiation("the guest has no shadow-stack pointer global (not built by clang/wasm-ld?)") }
+        self.stackPointer = stackPointer
         self.memory = memory
-        self.dataAddress = dataAddress
         self.dataSize = dataSize
     }
 
     func startUnwind() throws {
         precondition(state == .normal, "unwind started while \(state)")
+        guard case .i32(let pointer) = stackPointer.value, pointer >= dataSize + 1024 else {
+            throw MachineError.suspension("the guest's stack has no room for a \(dataSize)-byte unwind buffer")
+        }
+        dataAddress = (pointer - dataSize) & ~15
         try memory.store(dataAddress + 8, at: dataAddress)
         try memory.store(dataAddress + dataSize, at: dataAddress + 4)
         try startUnwindExport.invoke([.i32(dataAddress)])

@@ -9,18 +9,19 @@ public struct MachineConfiguration: Sendable {
     /// Unwind at every host call that may block, not only when a suspension is requested.
     /// Kept to measure what suspension costs (`make bench`); the default is the cheaper policy.
     public var suspendAtEveryBlock: Bool
-    /// The Asyncify buffer holds the guest's unwound call stack.
-    public var unwindBufferPages: UInt32
+    /// The Asyncify buffer holds the locals of the guest's unwound call chain (not its shadow
+    /// stack, which stays in place): a few hundred bytes for the C servers here.
+    public var unwindBufferBytes: UInt32
 
     public init(
         arguments: [String], environment: [String] = [], listenerCount: Int,
-        suspendAtEveryBlock: Bool = false, unwindBufferPages: UInt32 = 4
+        suspendAtEveryBlock: Bool = false, unwindBufferBytes: UInt32 = 16_384
     ) {
         self.arguments = arguments
         self.environment = environment
         self.listenerCount = listenerCount
         self.suspendAtEveryBlock = suspendAtEveryBlock
-        self.unwindBufferPages = unwindBufferPages
+        self.unwindBufferBytes = unwindBufferBytes
     }
 }
 
@@ -66,19 +67,8 @@ public final class Machine {
         }
         guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }
         let view = GuestMemoryView(memory: memory)
-        host.memory = view
-        do {
-            // The unwind buffer sits above the memory the guest was given; the guest's allocator
-            // grows memory past it, so it never hands these pages out.
-            let base = try MemoryGrower.grow(memory, by: configuration.unwindBufferPages, store: store)
-            asyncify = try AsyncifyController(
-                instance: instance, memory: view, dataAddress: base * 65_536,
-                dataSize: configuration.unwindBufferPages * 65_536)
-        } catch let error as MachineError {
-            throw error
-        } catch {
-            throw .instantiation("\(error)")
-        }
+        host.installedMemory = view
+        asyncify = try AsyncifyController(instance: instance, memory: view, dataSize: configuration.unwindBufferBytes)
         host.suspension = self
     }
 

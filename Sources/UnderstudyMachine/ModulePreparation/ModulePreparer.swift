@@ -63,7 +63,9 @@ public struct ModulePreparer {
         try Self.checkInterface(parsed)
         let blocking = parsed.imports.map(\.name).filter { WASIImportTable.suspendable.contains($0) }
 
-        let key = SHA256.hex(of: Array(Self.preparationVersion.utf8) + original)
+        // The instrumented set is part of the key: a module prepared for other suspension points
+        // would run on in the unwinding state.
+        let key = SHA256.hex(of: Array((Self.preparationVersion + blocking.sorted().joined(separator: ",")).utf8) + original)
         let cached = cacheDirectory.appendingPathComponent("\(key).wasm")
         if let bytes = try? Array(Data(contentsOf: cached)), let module = try? parseWasm(bytes: bytes),
             module.exports.contains(where: { $0.name == "asyncify_start_unwind" })

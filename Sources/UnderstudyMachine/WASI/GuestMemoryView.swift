@@ -44,10 +44,11 @@ struct GuestMemoryView {
     /// A WASI `iovec`/`ciovec` array: (pointer, length) pairs of 8 bytes each.
     func ioVectors(at address: UInt32, count: UInt32) throws(WASIErrno) -> [(base: UInt32, length: UInt32)] {
         guard count <= 1024 else { throw .inval }
+        _ = try checked(address, count * 8)
         var vectors: [(base: UInt32, length: UInt32)] = []
         vectors.reserveCapacity(Int(count))
         for index in 0..<count {
-            let entry = address &+ index &* 8
+            let entry = address + index * 8
             let base = try load(UInt32.self, at: entry)
             let length = try load(UInt32.self, at: entry &+ 4)
             _ = try checked(base, length)

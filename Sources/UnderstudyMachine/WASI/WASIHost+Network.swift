@@ -23,6 +23,8 @@ extension WASIHost {
     ) throws -> WASIErrno {
         let entry = try descriptors.entry(fd)
         guard case .connection(let id) = entry.kind else { return .notsock }
+        // MSG_PEEK and MSG_WAITALL would need the world to keep bytes it handed out.
+        guard flags == 0 else { return .notsup }
         _ = try memory.checked(resultFlags, 2)
         let errno = try receive(id, entry, vectors, vectorCount, result)
         if errno == .success { try memory.store(UInt16(0), at: resultFlags) }
@@ -58,14 +60,24 @@ extension WASIHost {
         }
     }
 
+    /// Bound on the bytes one write call takes from the guest: a short write is always allowed,
+    /// and it keeps a guest from making the host copy its whole memory many times over.
+    static let writeBytesMax = 1 << 20
+
+    func sendOnSocket(_ fd: UInt32, _ vectors: UInt32, _ vectorCount: UInt32, _ result: UInt32) throws -> WASIErrno {
+        guard case .connection = try descriptors.entry(fd).kind else { return .notsock }
+        return try write(fd, vectors, vectorCount, result)
+    }
+
     func write(_ fd: UInt32, _ vectors: UInt32, _ vectorCount: UInt32, _ result: UInt32) throws -> WASIErrno {
         let entry = try descriptors.entry(fd)
         if try enter(mayBlock: !entry.nonblocking) { return .success }
+        let memory = try memory
         _ = try memory.checked(result, 4)
-        let pieces = try memory.ioVectors(at: vectors, count: vectorCount).filter { $0.length > 0 }
         var gathered: [UInt8] = []
-        for piece in pieces {
-            try memory.withBytes(at: piece.base, count: piece.length) { gathered.append(contentsOf: $0) }
+        for piece in try memory.ioVectors(at: vectors, count: vectorCount) where gathered.count < Self.writeBytesMax {
+            let length = min(piece.length, UInt32(Self.writeBytesMax - gathered.count))
+            try memory.withBytes(at: piece.base, count: length) { gathered.append(contentsOf: $0) }
         }
         switch entry.kind {
         case .console(let stream):
@@ -138,10 +150,15 @@ extension WASIHost {
     /// Blocks until `interest` is ready. False when the wait was interrupted and the guest is
     /// now unwinding.
     private func waitFor(_ interest: PollInterest) throws -> Bool {
-        if case .interrupted = world.poll([interest], timeoutNanos: nil) {
-            try suspension?.suspendInsideWait()
+        switch world.poll([interest], timeoutNanos: nil) {
+        case .interrupted:
+            guard let suspension else { return true }
+            try suspension.suspendInsideWait()
             return false
+        case .failed(let errno):
+            throw WASIErrno(hostErrno: errno)
+        case .ready, .timedOut:
+            return true
         }
-        return true
     }
 }

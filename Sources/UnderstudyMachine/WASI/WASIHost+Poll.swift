@@ -26,6 +26,7 @@ extension WASIHost {
 
     func pollOneoff(_ input: UInt32, _ output: UInt32, _ count: UInt32, _ resultCount: UInt32) throws -> WASIErrno {
         guard count > 0, count <= Self.subscriptionsMax else { return .inval }
+        let memory = try memory
         _ = try memory.checked(input, count * Self.subscriptionSize)
         _ = try memory.checked(output, count * Self.eventSize)
         _ = try memory.checked(resultCount, 4)
@@ -84,18 +85,28 @@ extension WASIHost {
             let timeout: UInt64? = immediate.isEmpty ? deadline.map(Self.nanosUntil) : 0
             switch world.poll(interests, timeoutNanos: timeout) {
             case .interrupted:
+                guard let suspension else { continue }
                 interruptedPollDeadline = deadline
-                try suspension?.suspendInsideWait()
+                try suspension.suspendInsideWait()
                 return .success
+            case .failed(let errno):
+                return WASIErrno(hostErrno: errno)
             case .timedOut:
-                for clock in clockUserdata where clock.timeout == earliest {
-                    events.append(Event(userdata: clock.userdata, type: .clock))
+                // A zero-timeout check (because other events were already there) is not the
+                // clock's own wait: its deadline has not passed unless it was zero.
+                if immediate.isEmpty || earliest == 0 {
+                    for clock in clockUserdata where clock.timeout == earliest {
+                        events.append(Event(userdata: clock.userdata, type: .clock))
+                    }
                 }
             case .ready(let ready):
                 for readiness in ready {
                     let watch = watches[readiness.interest]
                     let fired = watch.type == .fdRead ? (readiness.readable || readiness.hangup) : readiness.writable || readiness.hangup
-                    if fired { events.append(Event(userdata: watch.userdata, type: watch.type, hangup: readiness.hangup)) }
+                    guard fired else { continue }
+                    // wasi-libc reports a write-side hang-up as POLLHUP only through EPIPE.
+                    let error: WASIErrno = watch.type == .fdWrite && readiness.hangup ? .pipe : .success
+                    events.append(Event(userdata: watch.userdata, error: error, type: watch.type, hangup: readiness.hangup))
                 }
             }
             if !events.isEmpty || timeout == 0 { return try finish(events, output, resultCount) }
@@ -110,6 +121,7 @@ extension WASIHost {
     }
 
     private func finish(_ events: [Event], _ output: UInt32, _ resultCount: UInt32) throws -> WASIErrno {
+        let memory = try memory
         for (index, event) in events.enumerated() {
             try memory.withBytes(at: output + UInt32(index) * Self.eventSize, count: Self.eventSize) { bytes in
                 bytes.initializeMemory(as: UInt8.self, repeating: 0)

@@ -25,7 +25,14 @@ final class WASIHost {
     let arguments: [String]
     let environment: [String]
     weak var suspension: HostCallSuspension?
-    var memory: GuestMemoryView!
+    /// Set once the instance exists. A start section calling the host before that is refused.
+    var installedMemory: GuestMemoryView?
+    var memory: GuestMemoryView {
+        get throws {
+            guard let installedMemory else { throw MachineError.instantiation("the guest called the host before it was started") }
+            return installedMemory
+        }
+    }
 
     /// A poll that was interrupted for a checkpoint keeps its deadline across the unwind, so the
     /// guest's timeout does not restart when the call runs again.
@@ -70,7 +77,11 @@ final class WASIHost {
         case "clock_res_get": return { [unowned self] p in try self.clockResolution(p.u32(0), p.u32(1)) }
         case "clock_time_get": return { [unowned self] p in try self.clockTime(p.u32(0), p.u32(2)) }
         case "random_get": return { [unowned self] p in try self.random(p.u32(0), p.u32(1)) }
-        case "sched_yield": return { [unowned self] _ in try self.enter(mayBlock: false) ? .success : .success }
+        case "sched_yield":
+            return { [unowned self] _ in
+                _ = try self.enter(mayBlock: false)
+                return .success
+            }
         case "proc_exit": return { p in throw GuestExit(code: p.u32(0)) }
         case "fd_close": return { [unowned self] p in try self.close(p.u32(0)) }
         case "fd_fdstat_get": return { [unowned self] p in try self.fdstat(p.u32(0), p.u32(1)) }
@@ -86,7 +97,7 @@ final class WASIHost {
         case "sock_recv":
             return { [unowned self] p in try self.receive(p.u32(0), p.u32(1), p.u32(2), p.u32(3), p.u32(4), p.u32(5)) }
         case "sock_send":
-            return { [unowned self] p in try self.write(p.u32(0), p.u32(1), p.u32(2), p.u32(4)) }
+            return { [unowned self] p in try self.sendOnSocket(p.u32(0), p.u32(1), p.u32(2), p.u32(4)) }
         case "sock_shutdown": return { [unowned self] p in try self.shutdown(p.u32(0), p.u32(1)) }
         default: preconditionFailure("no implementation for offered import \(name)")
         }
@@ -107,12 +118,15 @@ final class WASIHost {
     }
 
     private func writeStrings(_ strings: [String], _ pointers: UInt32, _ buffer: UInt32) throws -> WASIErrno {
-        var cursor = buffer
+        let memory = try memory
+        _ = try memory.checked(pointers, UInt32(strings.count) * 4)
+        var cursor = UInt64(buffer)
         for (index, string) in strings.enumerated() {
-            try memory.store(cursor, at: pointers &+ UInt32(index) &* 4)
             let bytes = Array(string.utf8) + [0]
-            try memory.store(bytes: bytes, at: cursor)
-            cursor &+= UInt32(bytes.count)
+            guard cursor + UInt64(bytes.count) <= UInt64(UInt32.max) else { return .fault }
+            try memory.store(UInt32(cursor), at: pointers + UInt32(index) * 4)
+            try memory.store(bytes: bytes, at: UInt32(cursor))
+            cursor += UInt64(bytes.count)
         }
         return .success
     }
@@ -143,18 +157,24 @@ final class WASIHost {
 
     private func fdstat(_ fd: UInt32, _ result: UInt32) throws -> WASIErrno {
         let entry = try descriptors.entry(fd)
+        // Rights bits: read 1, fdstat_set_flags 3, write 6, poll 27, shutdown 28, accept 29. No
+        // seek or tell on the console, so wasi-libc's isatty() says "terminal" and line-buffers.
         let filetype: UInt8
+        let rights: UInt64
         switch entry.kind {
-        case .stdin, .console: filetype = 2  // character device
-        case .listener, .connection: filetype = 6  // socket stream
+        case .stdin, .console:
+            filetype = 2  // character device
+            rights = 1 << 1 | 1 << 3 | 1 << 6 | 1 << 27
+        case .listener, .connection:
+            filetype = 6  // socket stream
+            rights = 1 << 1 | 1 << 3 | 1 << 6 | 1 << 27 | 1 << 28 | 1 << 29
         }
         try memory.withBytes(at: result, count: 24) { bytes in
             bytes.initializeMemory(as: UInt8.self, repeating: 0)
             bytes[0] = filetype
             bytes.storeBytes(of: UInt16(entry.nonblocking ? 4 : 0).littleEndian, toByteOffset: 2, as: UInt16.self)
-            // Every right: capabilities are not how this machine confines a guest.
-            bytes.storeBytes(of: UInt64(0x1fff_ffff).littleEndian, toByteOffset: 8, as: UInt64.self)
-            bytes.storeBytes(of: UInt64(0x1fff_ffff).littleEndian, toByteOffset: 16, as: UInt64.self)
+            bytes.storeBytes(of: rights.littleEndian, toByteOffset: 8, as: UInt64.self)
+            bytes.storeBytes(of: rights.littleEndian, toByteOffset: 16, as: UInt64.self)
         }
         return .success
     }
@@ -166,8 +186,11 @@ final class WASIHost {
 
     private func close(_ fd: UInt32) throws -> WASIErrno {
         if try enter(mayBlock: false) { return .success }
-        let entry = try descriptors.remove(fd)
-        if case .connection(let id) = entry.kind { world.close(connection: id) }
+        switch try descriptors.remove(fd).kind {
+        case .connection(let id): world.close(connection: id)
+        case .listener(let id): world.close(listener: id)
+        case .stdin, .console: break
+        }
         return .success
     }
 }

@@ -13,6 +13,8 @@ public final class LiveWorld: MachineWorld {
     /// Opens every listener now, so a taken port is reported before the guest starts.
     public init(listening addresses: [ServiceAddress], suspension: SuspensionRequest) throws(ListenError) {
         self.suspension = suspension
+        // A peer or a console that went away must cost an EPIPE, never the host process.
+        signal(SIGPIPE, SIG_IGN)
         var opened: [Int32] = []
         for address in addresses {
             do {
@@ -50,11 +52,13 @@ public final class LiveWorld: MachineWorld {
     }
 
     public func accept(listener: ListenerID) -> WorldResult<ConnectionID> {
-        guard listener.index < listeners.count else { return .failed(errno: EBADF) }
+        guard listener.index < listeners.count, listeners[listener.index] >= 0 else { return .failed(errno: EBADF) }
         let fd = understudy_accept_nonblocking(listeners[listener.index])
         guard fd >= 0 else {
+            // A connection the client aborted while queued is not the listener's failure.
             let code = errno
-            return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(errno: code)
+            let retry = [EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EPROTO].contains(code)
+            return retry ? .wouldBlock : .failed(errno: code)
         }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -92,7 +96,22 @@ public final class LiveWorld: MachineWorld {
         _ = Glibc.close(fd)
     }
 
+    /// The guest closed its listener: stop accepting, so clients are refused instead of queued.
+    public func close(listener: ListenerID) {
+        guard listener.index < listeners.count, listeners[listener.index] >= 0 else { return }
+        _ = Glibc.close(listeners[listener.index])
+        listeners[listener.index] = -1
+    }
+
     public func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
+        while true {
+            if let outcome = pollOnce(interests, timeoutNanos: timeoutNanos) { return outcome }
+        }
+    }
+
+    /// nil when only a stale wake-up arrived (a request raced with its own clearing): the
+    /// byte is drained and the wait starts again, rather than spinning on a readable pipe.
+    private func pollOnce(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome? {
         if suspension.isPending { return .interrupted }
         var descriptors = interests.map { interest -> pollfd in
             var events: Int16 = 0
@@ -105,7 +124,14 @@ public final class LiveWorld: MachineWorld {
         let count = understudy_ppoll(&descriptors, UInt(descriptors.count), timeout)
         if suspension.isPending { return .interrupted }
         if count == 0 { return .timedOut }
-        if count < 0 { return .ready([]) }  // EINTR: the caller polls again
+        if count < 0 {
+            let code = errno
+            return code == EINTR ? nil : .failed(errno: code)
+        }
+        if descriptors[interests.count].revents != 0 {
+            suspension.drainStaleWakeups()
+            if count == 1 { return nil }
+        }
         var ready: [PollReadiness] = []
         for index in interests.indices where descriptors[index].revents != 0 {
             let revents = Int32(descriptors[index].revents)
@@ -120,9 +146,11 @@ public final class LiveWorld: MachineWorld {
     }
 
     public func console(_ stream: ConsoleStream, bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress else { return }
         var written = 0
         while written < bytes.count {
-            let result = write(Int32(stream.rawValue), bytes.baseAddress! + written, bytes.count - written)
+            let result = write(Int32(stream.rawValue), base + written, bytes.count - written)
+            if result < 0 && errno == EINTR { continue }
             if result <= 0 { return }  // a closed console loses console output, not the machine
             written += result
         }
