@@ -38,13 +38,19 @@ final class ScriptedWorld: MachineWorld {
     var clock: UInt64 = 1_700_000_000_000_000_000
     var randomSeed: UInt8
     let interruptEvery: Int
+    /// The identity this world gives its one client; a restored guest may still hold others.
+    let connection: ConnectionID
     private var accepted = false
     private var closed = false
     private var polls = 0
     private(set) var finished = false
 
-    init(incoming: [[UInt8]], interruptEvery: Int = 0, randomSeed: UInt8 = 7, suspension: SuspensionRequest) {
+    init(
+        incoming: [[UInt8]], interruptEvery: Int = 0, randomSeed: UInt8 = 7, connection: ConnectionID = .init(1),
+        suspension: SuspensionRequest
+    ) {
         self.incoming = incoming
+        self.connection = connection
         self.interruptEvery = interruptEvery
         self.randomSeed = randomSeed
         self.suspension = suspension
@@ -65,10 +71,11 @@ final class ScriptedWorld: MachineWorld {
     func accept(listener: ListenerID) -> WorldResult<ConnectionID> {
         if accepted { return .wouldBlock }
         accepted = true
-        return .done(ConnectionID(1))
+        return .done(connection)
     }
 
     func receive(connection: ConnectionID, into buffer: UnsafeMutableRawBufferPointer) -> WorldResult<Int> {
+        guard connection == self.connection else { return .failed(errno: 9) }
         guard !incoming.isEmpty else { return .done(0) }
         let chunk = incoming.removeFirst()
         let count = min(chunk.count, buffer.count)
@@ -78,12 +85,15 @@ final class ScriptedWorld: MachineWorld {
     }
 
     func send(connection: ConnectionID, bytes: UnsafeRawBufferPointer) -> WorldResult<Int> {
+        guard connection == self.connection else { return .failed(errno: 9) }
         sent.append(contentsOf: bytes)
         return .done(bytes.count)
     }
 
     func shutdown(connection: ConnectionID, reading: Bool, writing: Bool) {}
-    func close(connection: ConnectionID) { closed = true }
+    func close(connection: ConnectionID) {
+        if connection == self.connection { closed = true }
+    }
     func close(listener: ListenerID) {}
 
     func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
@@ -97,6 +107,8 @@ final class ScriptedWorld: MachineWorld {
             switch interest.target {
             case .listener:
                 if !accepted && interest.readable { ready.append(.init(interest: index, readable: true, writable: false, hangup: false)) }
+            case .connection(let id) where id != connection:
+                ready.append(.init(interest: index, readable: interest.readable, writable: false, hangup: true))
             case .connection:
                 if !closed {
                     ready.append(.init(interest: index, readable: interest.readable, writable: interest.writable, hangup: false))

@@ -77,6 +77,35 @@ final class MachineTests: XCTestCase {
         XCTAssertTrue(String(decoding: world.sent, as: UTF8.self) == expected, "replies differ after heap growth")
     }
 
+    /// A machine restored from a captured state in a fresh instance continues where the first
+    /// one stopped: the keys written before the capture are read back through a new world.
+    func testRestoredMachineKeepsServing() throws {
+        func command(_ words: String...) -> String {
+            "*\(words.count)\r\n" + words.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()
+        }
+        let writes = (0..<300).map { command("SET", "key:\($0)", "value-\($0)") }.joined() + command("INCRBY", "n", "41")
+        let first = ScriptedWorld(incoming: [Array(writes.utf8)], interruptEvery: 2, suspension: SuspensionRequest())
+        let original = try machine("kv", first)
+        var saved: MachineState?
+        original.onSuspended = { machine in
+            guard first.finished else { return }
+            saved = try machine.captureState()
+            throw ScriptedWorld.Finished()
+        }
+        XCTAssertThrowsError(try original.run())
+        let state = try XCTUnwrap(saved)
+        XCTAssertTrue(String(decoding: first.sent, as: UTF8.self).hasSuffix("+OK\r\n:41\r\n"))
+
+        let reads = command("GET", "key:0") + command("GET", "key:299") + command("INCR", "n") + command("DBSIZE")
+        let second = ScriptedWorld(incoming: [Array(reads.utf8)], connection: .init(50), suspension: SuspensionRequest())
+        let restored = try Machine(
+            restoring: state, prepared: try Fixtures.guest("kv"), world: second, suspension: second.suspension,
+            configuration: MachineConfiguration(arguments: ["kv"], listenerCount: 1))
+        _ = try restored.runScripted(second)
+        XCTAssertEqual(
+            String(decoding: second.sent, as: UTF8.self), "$7\r\nvalue-0\r\n$9\r\nvalue-299\r\n:42\r\n:301\r\n")
+    }
+
     /// Every clock reading and random byte comes from the world: the same world gives the same
     /// machine, a different entropy source a different one.
     func testClockAndEntropyComeOnlyFromTheWorld() throws {

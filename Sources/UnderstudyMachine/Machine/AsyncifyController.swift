@@ -68,6 +68,12 @@ final class AsyncifyController {
         }
     }
 
+    /// A restored machine rewinds the stack its original unwound, where that one left it.
+    func adoptUnwoundStack(at address: UInt32) {
+        precondition(state == .normal, "stack adopted while \(state)")
+        dataAddress = address
+    }
+
     func startRewind() throws {
         precondition(state == .normal, "rewind started while \(state)")
         try startRewindExport.invoke([.i32(dataAddress)])

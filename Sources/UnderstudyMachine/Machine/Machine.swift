@@ -42,7 +42,12 @@ public final class Machine {
     private let host: WASIHost
     private let asyncify: AsyncifyController
     private let suspension: SuspensionRequest
+    private let memory: Memory
     private var unwindStartedAt: ContinuousClock.Instant?
+    /// Set while the guest's stack is unwound in memory and `run()` must rewind, not start.
+    private var resumesSuspendedGuest = false
+    /// True only inside `onSuspended`, when memory and globals are a consistent whole.
+    private var isSuspended = false
     public private(set) var statistics = SuspensionStatistics()
 
     /// Runs with the guest suspended (its stack unwound into memory): the point where a
@@ -66,6 +71,7 @@ public final class Machine {
             throw .instantiation("\(error)")
         }
         guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }
+        self.memory = memory
         let view = GuestMemoryView(memory: memory)
         host.installedMemory = view
         asyncify = try AsyncifyController(instance: instance, memory: view, dataSize: configuration.unwindBufferBytes)
@@ -77,6 +83,10 @@ public final class Machine {
         guard let start = instance.exports[function: "_start"] else { throw .instantiation("the guest exports no _start") }
         while true {
             do {
+                if resumesSuspendedGuest {
+                    resumesSuspendedGuest = false
+                    try asyncify.startRewind()
+                }
                 _ = try start.invoke()
             } catch let exit as GuestExit {
                 return Int32(bitPattern: exit.code)
@@ -88,6 +98,8 @@ public final class Machine {
             guard asyncify.state == .unwinding else { return 0 }
             do {
                 try asyncify.stopUnwind()
+                isSuspended = true
+                defer { isSuspended = false }
                 try onSuspended?(self)
                 suspension.clear()
                 try asyncify.startRewind()
@@ -105,6 +117,58 @@ public final class Machine {
     }
 
     public var openConnections: [ConnectionID] { host.descriptors.openConnections }
+
+    /// The machine's complete state. Only while suspended: from `onSuspended`.
+    public func captureState() throws(MachineError) -> MachineState {
+        guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
+        let bytes = memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount) { Array($0) }
+        var globals: [MachineState.GlobalState] = []
+        for (name, value) in instance.exports {
+            if case .global(let global) = value, let state = MachineState.GlobalState(name: name, value: global.value) {
+                globals.append(state)
+            }
+        }
+        return MachineState(
+            memory: bytes, globals: globals.sorted { $0.name < $1.name }, descriptors: host.descriptors,
+            unwindDataAddress: asyncify.dataAddress)
+    }
+
+    /// A fresh machine that continues exactly where `state` was captured: `run()` rewinds the
+    /// guest's saved stack instead of calling `_start` anew.
+    public convenience init(
+        restoring state: MachineState, prepared: PreparedModule, world: MachineWorld, suspension: SuspensionRequest,
+        configuration: MachineConfiguration
+    ) throws(MachineError) {
+        try self.init(prepared: prepared, world: world, suspension: suspension, configuration: configuration)
+        try restore(state)
+    }
+
+    private func restore(_ state: MachineState) throws(MachineError) {
+        let pageSize = 65_536
+        guard state.memory.count % pageSize == 0, state.memory.count >= memory.byteCount else {
+            throw .instantiation("the saved memory (\(state.memory.count) bytes) does not fit this module")
+        }
+        do {
+            let missingPages = (state.memory.count - memory.byteCount) / pageSize
+            if missingPages > 0 { _ = try MemoryGrower.grow(memory, by: UInt32(missingPages), store: store) }
+            for global in state.globals {
+                guard case .global(let target) = instance.exports[global.name] else {
+                    throw MachineError.instantiation("the saved global \(global.name) is not in this module")
+                }
+                if target.value != global.value { try target.assign(global.value) }
+            }
+        } catch let error as MachineError {
+            throw error
+        } catch {
+            throw .instantiation("cannot restore the saved state: \(error)")
+        }
+        state.memory.withUnsafeBytes { saved in
+            memory.withUnsafeMutableBufferPointer(offset: 0, count: saved.count) { $0.copyMemory(from: saved) }
+        }
+        host.descriptors = state.descriptors
+        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
+        resumesSuspendedGuest = true
+    }
 }
 
 extension Machine: HostCallSuspension {

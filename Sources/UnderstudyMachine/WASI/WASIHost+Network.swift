@@ -41,23 +41,13 @@ extension WASIHost {
             try memory.store(UInt32(0), at: result)
             return .success
         }
-        while true {
-            let outcome = try memory.withBytes(at: target.base, count: target.length) { buffer in
-                world.receive(connection: id, into: buffer)
-            }
-            switch outcome {
-            case .done(let count):
-                try memory.store(UInt32(count), at: result)
-                return .success
-            case .failed(let errno):
-                return WASIErrno(hostErrno: errno)
-            case .wouldBlock:
-                if entry.nonblocking { return .again }
-                guard try waitFor(PollInterest(target: .connection(id), readable: true, writable: false)) else {
-                    return .success
-                }
-            }
+        let readable = PollInterest(target: .connection(id), readable: true, writable: false)
+        let received = try completing(readable, nonblocking: entry.nonblocking) {
+            try memory.withBytes(at: target.base, count: target.length) { world.receive(connection: id, into: $0) }
         }
+        guard let received else { return .success }
+        try memory.store(UInt32(received), at: result)
+        return .success
     }
 
     /// Bound on the bytes one write call takes from the guest: a short write is always allowed,
@@ -94,20 +84,13 @@ extension WASIHost {
     private func send(
         _ bytes: [UInt8], on id: ConnectionID, _ entry: DescriptorTable.Entry, _ result: UInt32
     ) throws -> WASIErrno {
-        while true {
-            switch bytes.withUnsafeBytes({ world.send(connection: id, bytes: $0) }) {
-            case .done(let count):
-                try memory.store(UInt32(count), at: result)
-                return .success
-            case .failed(let errno):
-                return WASIErrno(hostErrno: errno)
-            case .wouldBlock:
-                if entry.nonblocking { return .again }
-                guard try waitFor(PollInterest(target: .connection(id), readable: false, writable: true)) else {
-                    return .success
-                }
-            }
+        let writable = PollInterest(target: .connection(id), readable: false, writable: true)
+        let sent = try completing(writable, nonblocking: entry.nonblocking) {
+            bytes.withUnsafeBytes { world.send(connection: id, bytes: $0) }
         }
+        guard let sent else { return .success }
+        try memory.store(UInt32(sent), at: result)
+        return .success
     }
 
     func accept(_ fd: UInt32, _ flags: UInt32, _ result: UInt32) throws -> WASIErrno {
@@ -115,27 +98,18 @@ extension WASIHost {
         guard case .listener(let listener) = entry.kind else { return .notsock }
         if try enter(mayBlock: !entry.nonblocking) { return .success }
         _ = try memory.checked(result, 4)
-        while true {
-            switch world.accept(listener: listener) {
-            case .done(let connection):
-                let newFD: UInt32
-                do {
-                    newFD = try descriptors.insert(.init(kind: .connection(connection), nonblocking: flags & 4 != 0))
-                } catch {
-                    world.close(connection: connection)
-                    throw error
-                }
-                try memory.store(newFD, at: result)
-                return .success
-            case .failed(let errno):
-                return WASIErrno(hostErrno: errno)
-            case .wouldBlock:
-                if entry.nonblocking { return .again }
-                guard try waitFor(PollInterest(target: .listener(listener), readable: true, writable: false)) else {
-                    return .success
-                }
-            }
+        let pending = PollInterest(target: .listener(listener), readable: true, writable: false)
+        guard let connection = try completing(pending, nonblocking: entry.nonblocking, { world.accept(listener: listener) })
+        else { return .success }
+        let newFD: UInt32
+        do {
+            newFD = try descriptors.insert(.init(kind: .connection(connection), nonblocking: flags & 4 != 0))
+        } catch {
+            world.close(connection: connection)
+            throw error
         }
+        try memory.store(newFD, at: result)
+        return .success
     }
 
     func shutdown(_ fd: UInt32, _ how: UInt32) throws -> WASIErrno {
@@ -145,6 +119,23 @@ extension WASIHost {
         if try enter(mayBlock: false) { return .success }
         world.shutdown(connection: id, reading: how & 1 != 0, writing: how & 2 != 0)
         return .success
+    }
+
+    /// Runs `attempt` until the world completes it: a failure or, on a non-blocking descriptor,
+    /// EAGAIN is thrown as the guest's errno; on a blocking one the call waits for `interest`.
+    /// nil when the wait was interrupted and the guest is now unwinding.
+    private func completing<Value>(
+        _ interest: PollInterest, nonblocking: Bool, _ attempt: () throws -> WorldResult<Value>
+    ) throws -> Value? {
+        while true {
+            switch try attempt() {
+            case .done(let value): return value
+            case .failed(let errno): throw WASIErrno(hostErrno: errno)
+            case .wouldBlock:
+                if nonblocking { throw WASIErrno.again }
+                guard try waitFor(interest) else { return nil }
+            }
+        }
     }
 
     /// Blocks until `interest` is ready. False when the wait was interrupted and the guest is

@@ -1,0 +1,45 @@
+import UnderstudyCore
+import WasmKit
+
+/// The complete state of a suspended machine, as plain values: what a checkpoint carries.
+/// Memory, every exported global (preparation exported all mutable ones), the devices' state,
+/// and where the guest's unwound stack lies. Firecracker's `MicrovmState` pattern: the sum of
+/// each part's own saved state.
+public struct MachineState: Equatable, Sendable {
+    public var memory: [UInt8]
+    public var globals: [GlobalState]
+    public var descriptors: DescriptorTable
+    /// Where Asyncify saved the guest's call chain (inside `memory`).
+    public var unwindDataAddress: UInt32
+
+    public struct GlobalState: Equatable, Sendable {
+        public enum Kind: UInt8, Sendable {
+            case i32, i64, f32, f64
+        }
+
+        public var name: String
+        public var kind: Kind
+        /// The value's bits, zero-extended.
+        public var bits: UInt64
+
+        init?(name: String, value: Value) {
+            self.name = name
+            switch value {
+            case .i32(let v): (kind, bits) = (.i32, UInt64(v))
+            case .i64(let v): (kind, bits) = (.i64, v)
+            case .f32(let v): (kind, bits) = (.f32, UInt64(v))
+            case .f64(let v): (kind, bits) = (.f64, v)
+            default: return nil  // references and vectors: no C guest keeps them in globals
+            }
+        }
+
+        var value: Value {
+            switch kind {
+            case .i32: return .i32(UInt32(truncatingIfNeeded: bits))
+            case .i64: return .i64(bits)
+            case .f32: return .f32(UInt32(truncatingIfNeeded: bits))
+            case .f64: return .f64(bits)
+            }
+        }
+    }
+}
