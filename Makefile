@@ -13,11 +13,12 @@ setup:
 guests: setup
 	@$(MAKE) -s -C guests all
 
+# Tests included: building only the product computes other build parameters and rebuilds
+# WasmKit (minutes), so every target builds exactly what `make test` builds.
 build: setup
-	$(SWIFT) build $(BUILD_FLAGS) --product understudy
-
-test: setup guests
 	$(SWIFT) build $(BUILD_FLAGS) --build-tests
+
+test: build guests
 	UNDERSTUDY_BIN=$(CURDIR)/$(BIN) UNDERSTUDY_GUESTS=$(CURDIR)/guests/build \
 		$(SWIFT) test $(BUILD_FLAGS) --skip-build
 
