@@ -29,7 +29,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore"]),
+        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore", "UnderstudyMachine"]),
         .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyCheckpoint"]),
         .executableTarget(
             name: "understudy",
@@ -41,6 +41,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
+        .testTarget(name: "UnderstudyCheckpointTests", dependencies: ["UnderstudyCheckpoint", "UnderstudyMachine", "UnderstudyCore"]),
         .testTarget(
             name: "UnderstudyMachineTests",
             dependencies: [

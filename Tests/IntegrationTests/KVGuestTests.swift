@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 
 /// The key-value guest under `understudy run`, driven by Debian's redis-cli and redis-benchmark.
@@ -43,6 +44,21 @@ final class KVGuestTests: XCTestCase {
         let server = try ServedGuest("kv")
         _ = try benchmark(server.port, ["-t", "incr", "-n", "4000", "-c", "200"])
         XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "4000")
+    }
+
+    /// A guest blocked in poll waits in the kernel: an idle machine burns no CPU. A busy-wait
+    /// would use the whole two seconds; the bound leaves room for a slow, loaded machine.
+    func testIdleGuestCostsNoCPU() throws {
+        let server = try ServedGuest("kv")
+        XCTAssertEqual(try redisCLI(server.port, "ping"), "PONG")
+        func cpuSeconds() throws -> Double {
+            let stat = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/stat", encoding: .utf8)
+            let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
+            return (Double(fields[11])! + Double(fields[12])!) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        }
+        let before = try cpuSeconds()
+        sleep(2)
+        XCTAssertLessThan(try cpuSeconds() - before, 0.5)
     }
 
     /// Unwinding and rewinding the guest's stack at every wait must not change a single reply.

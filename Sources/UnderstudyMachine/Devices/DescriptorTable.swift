@@ -14,6 +14,11 @@ public struct DescriptorTable: Equatable, Sendable {
     public struct Entry: Equatable, Sendable {
         public var kind: Kind
         public var nonblocking: Bool
+
+        public init(kind: Kind, nonblocking: Bool) {
+            self.kind = kind
+            self.nonblocking = nonblocking
+        }
     }
 
     /// Bound on open descriptors: a guest that leaks connections gets EMFILE, not host exhaustion.
@@ -35,6 +40,12 @@ public struct DescriptorTable: Equatable, Sendable {
         for index in 0..<listenerCount {
             entries.append(Entry(kind: .listener(ListenerID(index)), nonblocking: false))
         }
+    }
+
+    /// A table as a checkpoint saved it.
+    public init(entries: [Entry?]) {
+        self.entries = entries
+        while let last = self.entries.last, last == nil { self.entries.removeLast() }
     }
 
     func entry(_ fd: UInt32) throws(WASIErrno) -> Entry {

@@ -12,6 +12,13 @@ public struct MachineState: Equatable, Sendable {
     /// Where Asyncify saved the guest's call chain (inside `memory`).
     public var unwindDataAddress: UInt32
 
+    public init(memory: [UInt8], globals: [GlobalState], descriptors: DescriptorTable, unwindDataAddress: UInt32) {
+        self.memory = memory
+        self.globals = globals
+        self.descriptors = descriptors
+        self.unwindDataAddress = unwindDataAddress
+    }
+
     public struct GlobalState: Equatable, Sendable {
         public enum Kind: UInt8, Sendable {
             case i32, i64, f32, f64
@@ -21,6 +28,12 @@ public struct MachineState: Equatable, Sendable {
         public var kind: Kind
         /// The value's bits, zero-extended.
         public var bits: UInt64
+
+        public init(name: String, kind: Kind, bits: UInt64) {
+            self.name = name
+            self.kind = kind
+            self.bits = bits
+        }
 
         init?(name: String, value: Value) {
             self.name = name

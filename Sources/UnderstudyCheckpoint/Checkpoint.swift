@@ -1,0 +1,117 @@
+import UnderstudyCore
+import UnderstudyMachine
+
+/// A machine state as a checkpoint carries it: the whole state (`full`), or only the 4 KiB pages
+/// written since the previous checkpoint (`delta`), plus the globals and device state (small,
+/// always whole), and the event-log position the state corresponds to.
+public struct Checkpoint: Equatable, Sendable {
+    public enum Kind: UInt8, Sendable {
+        case full = 0
+        case delta = 1
+    }
+
+    /// The dirty-tracking granularity (DESIGN.md): a host page, not a 64 KiB wasm page.
+    public static let pageSize = 4_096
+
+    public struct Page: Equatable, Sendable {
+        public var index: UInt32
+        public var bytes: [UInt8]
+    }
+
+    public var kind: Kind
+    /// SHA-256 (hex) of the prepared module the state belongs to.
+    public var moduleHash: String
+    public var logPosition: UInt64
+    public var memoryBytes: UInt64
+    /// Non-zero pages, ascending. In a full checkpoint every page not listed is zero.
+    public var pages: [Page]
+    /// Delta only: written pages that are now all zero (elided, like zero pages of a full one).
+    public var zeroPages: [UInt32]
+    public var globals: [MachineState.GlobalState]
+    public var descriptors: DescriptorTable
+    public var unwindDataAddress: UInt32
+
+    public static func full(of state: MachineState, moduleHash: String, logPosition: UInt64) -> Checkpoint {
+        let count = UInt32(state.memory.count / pageSize)
+        return checkpoint(.full, of: state, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition)
+    }
+
+    /// Only `dirtyPages` (the tracker's answer since the previous checkpoint) are carried; pages
+    /// added by memory growth must be among them.
+    public static func delta<Pages: Sequence>(
+        of state: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64
+    ) -> Checkpoint where Pages.Element == UInt32 {
+        checkpoint(.delta, of: state, pages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
+    }
+
+    private static func checkpoint<Pages: Sequence>(
+        _ kind: Kind, of state: MachineState, pages indices: Pages, moduleHash: String, logPosition: UInt64
+    ) -> Checkpoint where Pages.Element == UInt32 {
+        precondition(state.memory.count % pageSize == 0, "memory is not a whole number of pages")
+        var pages: [Page] = []
+        var zeroPages: [UInt32] = []
+        for index in Set(indices).sorted() where Int(index) < state.memory.count / pageSize {
+            let start = Int(index) * pageSize
+            let bytes = state.memory[start..<start + pageSize]
+            if bytes.allSatisfy({ $0 == 0 }) {
+                if kind == .delta { zeroPages.append(index) }
+            } else {
+                pages.append(Page(index: index, bytes: Array(bytes)))
+            }
+        }
+        return Checkpoint(
+            kind: kind, moduleHash: moduleHash, logPosition: logPosition, memoryBytes: UInt64(state.memory.count),
+            pages: pages, zeroPages: zeroPages, globals: state.globals, descriptors: state.descriptors,
+            unwindDataAddress: state.unwindDataAddress)
+    }
+
+    /// The state this checkpoint describes. A delta needs the state of the checkpoint before it;
+    /// the base is not modified, so a failure leaves it intact.
+    public func apply(to base: MachineState?) throws(CheckpointError) -> MachineState {
+        var memory: [UInt8]
+        switch kind {
+        case .full:
+            memory = [UInt8](repeating: 0, count: Int(memoryBytes))
+        case .delta:
+            guard let base else { throw .deltaWithoutBase }
+            guard UInt64(base.memory.count) <= memoryBytes else {
+                throw .malformed("the delta's memory (\(memoryBytes) bytes) is smaller than its base's (\(base.memory.count))")
+            }
+            memory = base.memory
+            memory.append(contentsOf: repeatElement(0, count: Int(memoryBytes) - base.memory.count))
+        }
+        for page in pages {
+            let start = Int(page.index) * Self.pageSize
+            memory.replaceSubrange(start..<start + Self.pageSize, with: page.bytes)
+        }
+        for index in zeroPages {
+            let start = Int(index) * Self.pageSize
+            memory.replaceSubrange(start..<start + Self.pageSize, with: repeatElement(0, count: Self.pageSize))
+        }
+        return MachineState(
+            memory: memory, globals: globals, descriptors: descriptors, unwindDataAddress: unwindDataAddress)
+    }
+}
+
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    case notACheckpoint
+    case unsupportedVersion(UInt16)
+    case truncated(at: Int)
+    case corruptRecord(index: Int, offset: Int)
+    case malformed(String)
+    case deltaWithoutBase
+    case unreadable(String)
+
+    public var description: String {
+        switch self {
+        case .notACheckpoint: return "not an understudy checkpoint (bad magic)"
+        case .unsupportedVersion(let version):
+            return "checkpoint format version \(version) is not supported (this build reads version \(CheckpointCodec.formatVersion))"
+        case .truncated(let offset): return "the checkpoint is truncated (ends at byte \(offset))"
+        case .corruptRecord(let index, let offset): return "checkpoint record \(index) at byte \(offset) fails its checksum"
+        case .malformed(let reason): return "malformed checkpoint: \(reason)"
+        case .deltaWithoutBase: return "an incremental checkpoint needs the checkpoint before it"
+        case .unreadable(let reason): return "cannot read the checkpoint: \(reason)"
+        }
+    }
+}
