@@ -35,6 +35,7 @@ let package = Package(
             name: "understudy",
             dependencies: [
                 "UnderstudyMachine",
+                "UnderstudyCheckpoint",
                 "UnderstudyReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

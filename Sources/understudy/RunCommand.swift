@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import Logging
 import UnderstudyCore
 import UnderstudyMachine
 
@@ -19,6 +18,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
     var env: [String] = []
 
+    @Option(name: .long, help: "Write a checkpoint into this directory at every --checkpoint-every (full first, then changed pages).")
+    var record: String?
+
+    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s.")
+    var checkpointEvery: DurationArgument?
+
     @Flag(
         name: .long,
         help: "Unwind the guest's stack at every host call that may block, not only when a checkpoint is due (to measure what suspension costs).")
@@ -36,44 +41,19 @@ struct RunCommand: ParsableCommand {
         for pair in env where !pair.contains("=") {
             throw ValidationError("--env '\(pair)' is not KEY=VALUE")
         }
+        if checkpointEvery != nil && record == nil { throw ValidationError("--checkpoint-every needs --record DIR") }
     }
 
     func run() throws {
-        let logger = logging.bootstrap(label: "understudy.run")
         let addresses = try listen.map { try ServiceAddress(parsing: $0) }
-        do {
-            let prepared = try ModulePreparer().prepare(path: module)
-            let suspension = SuspensionRequest()
-            let world = try LiveWorld(listening: addresses, suspension: suspension)
-            let name = URL(fileURLWithPath: module).lastPathComponent
-            let machine = try Machine(
+        let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"))
+        let name = URL(fileURLWithPath: module).lastPathComponent
+        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in
+            try Machine(
                 prepared: prepared, world: world, suspension: suspension,
                 configuration: MachineConfiguration(
                     arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
                     suspendAtEveryBlock: suspendAtEveryBlock))
-            logger.notice(
-                "serving",
-                metadata: [
-                    "guest": "\(name)", "module": "\(prepared.hash.prefix(16))",
-                    "listen": "\(addresses.map(\.description).joined(separator: ","))",
-                ])
-            let code = try machine.run()
-            if suspendAtEveryBlock {
-                let stats = machine.statistics
-                logger.notice(
-                    "suspensions",
-                    metadata: [
-                        "count": "\(stats.count)",
-                        "meanMicros": "\(stats.count == 0 ? 0 : stats.totalPauseNanos / UInt64(stats.count) / 1000)",
-                        "maxMicros": "\(stats.maxPauseNanos / 1000)",
-                    ])
-            }
-            throw ExitCode(code)
-        } catch let error as ExitCode {
-            throw error
-        } catch {
-            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-            throw ExitCode(1)
         }
     }
 }

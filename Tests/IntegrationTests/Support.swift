@@ -80,13 +80,15 @@ final class ServedGuest {
     let port: UInt16
     private let log: URL
 
-    init(_ guest: String, options: [String] = [], guestArguments: [String] = []) throws {
+    /// `subcommand` is `run` or `restore`; guest arguments (after `--`) only exist for `run`.
+    init(_ guest: String, options: [String] = [], subcommand: String = "run", guestArguments: [String]? = []) throws {
         let module = try Harness.guest(guest)
         port = Harness.freePort()
         log = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-\(guest)-\(port).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: Harness.binary)
-        process.arguments = ["run", module, "--listen", "127.0.0.1:\(port)"] + options + ["--"] + guestArguments
+        process.arguments =
+            [subcommand, module, "--listen", "127.0.0.1:\(port)"] + options + (guestArguments.map { ["--"] + $0 } ?? [])
         process.environment = ProcessInfo.processInfo.environment.merging(["UNDERSTUDY_CACHE": Harness.cache]) { $1 }
         process.standardOutput = try FileHandle(forWritingTo: log)
         process.standardError = process.standardOutput

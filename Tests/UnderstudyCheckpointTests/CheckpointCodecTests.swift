@@ -141,3 +141,18 @@ final class CRC32CTests: XCTestCase {
         XCTAssertEqual(CRC32C.checksum(Array("56789".utf8), continuing: CRC32C.checksum(Array("1234".utf8))), 0xE306_9283)
     }
 }
+
+final class HashingDirtyTrackerTests: XCTestCase {
+    func testReportsExactlyThePagesThatChangedAndEveryGrownPage() {
+        var tracker = HashingDirtyTracker()
+        var memory = [UInt8](repeating: 0, count: 16 * Checkpoint.pageSize)
+        XCTAssertEqual(tracker.dirtyPages(of: memory), Array(0..<16), "the first call sees every page")
+        XCTAssertEqual(tracker.dirtyPages(of: memory), [])
+        memory[3 * Checkpoint.pageSize] = 1
+        memory[9 * Checkpoint.pageSize + 4095] = 2
+        memory += [UInt8](repeating: 0, count: 2 * Checkpoint.pageSize)
+        XCTAssertEqual(tracker.dirtyPages(of: memory), [3, 9, 16, 17])
+        memory[3 * Checkpoint.pageSize] = 0
+        XCTAssertEqual(tracker.dirtyPages(of: memory), [3], "a page written back to its old bytes still changed since last time")
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import UnderstudyCheckpoint
+import UnderstudyCore
+import UnderstudyMachine
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a recorded checkpoint in this (fresh) process and keep serving.",
+        discussion: """
+            Applies the full checkpoint and the deltas after it up to the one chosen, then resumes \
+            the guest where it was suspended. Client connections open at the checkpoint are gone: \
+            the guest sees them fail and closes them; clients reconnect.
+            """
+    )
+
+    @Argument(help: "The guest module the recording was made with (its hash is checked).")
+    var module: String
+
+    @Option(name: .long, help: "The directory `understudy run --record` wrote.")
+    var from: String
+
+    @Option(name: .long, help: "Checkpoint sequence number to restore (default: the latest).")
+    var checkpoint: Int?
+
+    @Option(name: .long, help: "HOST:PORT to listen on, as many as the recorded run had.")
+    var listen: [String] = []
+
+    @Option(name: .long, help: "Keep recording into this directory, as `run --record` does.")
+    var record: String?
+
+    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s.")
+    var checkpointEvery: DurationArgument?
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        for address in listen {
+            do { _ = try ServiceAddress(parsing: address) } catch { throw ValidationError("--listen \(error)") }
+        }
+    }
+
+    func run() throws {
+        let addresses = try listen.map { try ServiceAddress(parsing: $0) }
+        let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"))
+        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in
+            let (sequence, state) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(
+                at: checkpoint, moduleHash: prepared.hash)
+            launch.logger.notice("restoring", metadata: ["checkpoint": "\(sequence)", "memoryBytes": "\(state.memory.count)"])
+            return try Machine(
+                restoring: state, prepared: prepared, world: world, suspension: suspension,
+                configuration: MachineConfiguration(arguments: [], listenerCount: addresses.count))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Checkpoints recorded by one process, restored by another after a SIGKILL.
+final class RestoreTests: XCTestCase {
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String {
+        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func recording() -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("understudy-recording-\(UUID().uuidString)")
+    }
+
+    /// Waits until the recorder has written a checkpoint after everything written so far.
+    private func waitForCheckpoints(in directory: URL, beyond count: Int) throws {
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+            if files.filter({ $0.hasSuffix(".ckpt") }).count > count { return }
+            usleep(20_000)
+        }
+        XCTFail("no checkpoint appeared in \(directory.path)")
+    }
+
+    func testRestoredMachineServesTheKeysWrittenBeforeItsCheckpoint() throws {
+        let directory = recording()
+        let original = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
+        for index in 0..<30 { XCTAssertEqual(try redisCLI(original.port, "set", "key:\(index)", "value-\(index)"), "OK") }
+        XCTAssertEqual(try redisCLI(original.port, "incrby", "n", "41"), "41")
+        let written = try FileManager.default.contentsOfDirectory(atPath: directory.path).count
+        try waitForCheckpoints(in: directory, beyond: written + 1)
+        original.stop()  // SIGKILL: no chance to flush anything
+
+        let restored = try ServedGuest(
+            "kv", options: ["--from", directory.path], subcommand: "restore", guestArguments: nil)
+        XCTAssertEqual(try redisCLI(restored.port, "get", "key:0"), "value-0")
+        XCTAssertEqual(try redisCLI(restored.port, "get", "key:29"), "value-29")
+        XCTAssertEqual(try redisCLI(restored.port, "incr", "n"), "42")
+        XCTAssertEqual(try redisCLI(restored.port, "dbsize"), "31")
+        XCTAssertTrue(restored.output.contains("restoring"), restored.output)
+    }
+
+    func testCorruptCheckpointIsRefusedWithItsReason() throws {
+        let directory = recording()
+        let original = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
+        try waitForCheckpoints(in: directory, beyond: 1)
+        original.stop()
+        let first = directory.appendingPathComponent("checkpoint-000001.ckpt")
+        var bytes = Array(try Data(contentsOf: first))
+        bytes[bytes.count / 2] ^= 0x5a
+        try Data(bytes).write(to: first)
+        let outcome = try Harness.run(
+            Harness.binary, ["restore", try Harness.guest("kv"), "--from", directory.path, "--listen", "127.0.0.1:\(Harness.freePort())"],
+            environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.hasPrefix("understudy: checkpoint record"), outcome.stderr)
+        XCTAssertTrue(outcome.stderr.contains("fails its checksum"), outcome.stderr)
+    }
+
+    func testCheckpointOfAnotherModuleIsRefused() throws {
+        let directory = recording()
+        let original = try ServedGuest("echo", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
+        try waitForCheckpoints(in: directory, beyond: 1)
+        original.stop()
+        let outcome = try Harness.run(
+            Harness.binary, ["restore", try Harness.guest("kv"), "--from", directory.path],
+            environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertTrue(outcome.stderr.contains("belongs to module"), outcome.stderr)
+    }
+}
