@@ -70,6 +70,15 @@ struct MachineLaunch {
     }
 }
 
+extension ServiceAddress {
+    /// `--listen` values, with the flag named in the error ArgumentParser prints.
+    static func listenAddresses(_ values: [String]) throws -> [ServiceAddress] {
+        try values.map { value in
+            do { return try ServiceAddress(parsing: value) } catch { throw ValidationError("--listen \(error)") }
+        }
+    }
+}
+
 /// `200ms`, `1s`, `2.5s`, `500us` as a command-line value.
 struct DurationArgument: ExpressibleByArgument {
     let duration: Duration

@@ -30,19 +30,17 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .long, help: "Keep recording into this directory, as `run --record` does.")
     var record: String?
 
-    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s.")
+    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s (default 200ms).")
     var checkpointEvery: DurationArgument?
 
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
-        for address in listen {
-            do { _ = try ServiceAddress(parsing: address) } catch { throw ValidationError("--listen \(error)") }
-        }
+        _ = try ServiceAddress.listenAddresses(listen)
     }
 
     func run() throws {
-        let addresses = try listen.map { try ServiceAddress(parsing: $0) }
+        let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"))
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in
             let (sequence, state) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(

@@ -21,7 +21,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Write a checkpoint into this directory at every --checkpoint-every (full first, then changed pages).")
     var record: String?
 
-    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s.")
+    @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s (default 200ms).")
     var checkpointEvery: DurationArgument?
 
     @Flag(
@@ -35,9 +35,7 @@ struct RunCommand: ParsableCommand {
     var guestArguments: [String] = []
 
     func validate() throws {
-        for address in listen {
-            do { _ = try ServiceAddress(parsing: address) } catch { throw ValidationError("--listen \(error)") }
-        }
+        _ = try ServiceAddress.listenAddresses(listen)
         for pair in env where !pair.contains("=") {
             throw ValidationError("--env '\(pair)' is not KEY=VALUE")
         }
@@ -45,7 +43,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        let addresses = try listen.map { try ServiceAddress(parsing: $0) }
+        let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"))
         let name = URL(fileURLWithPath: module).lastPathComponent
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in

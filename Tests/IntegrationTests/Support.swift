@@ -56,8 +56,8 @@ enum Harness {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("out-\(UUID().uuidString)")
         let err = FileManager.default.temporaryDirectory.appendingPathComponent("err-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         defer {
             try? FileManager.default.removeItem(at: out)
             try? FileManager.default.removeItem(at: err)
@@ -85,7 +85,7 @@ final class ServedGuest {
         let module = try Harness.guest(guest)
         port = Harness.freePort()
         log = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-\(guest)-\(port).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: Harness.binary)
         process.arguments =
             [subcommand, module, "--listen", "127.0.0.1:\(port)"] + options + (guestArguments.map { ["--"] + $0 } ?? [])
