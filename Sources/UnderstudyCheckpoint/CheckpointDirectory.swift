@@ -47,7 +47,8 @@ public struct CheckpointDirectory {
 }
 
 /// Writes a checkpoint each time the machine is suspended for one: full first, then only the
-/// pages the tracker found changed.
+/// pages written since — as the kernel reports them (`UserfaultDirtyTracker`), or, where that is
+/// refused, as hashing finds them.
 public struct CheckpointRecorder {
     public let directory: CheckpointDirectory
     private let moduleHash: String
@@ -64,10 +65,11 @@ public struct CheckpointRecorder {
         self.moduleHash = moduleHash
     }
 
-    /// Returns the number of pages the checkpoint carried.
+    /// Returns the number of pages the checkpoint carried. `dirtyPages` are the kernel tracker's
+    /// answer for this state; without it the recorder hashes the pages itself.
     @discardableResult
-    public mutating func record(_ state: MachineState) throws(CheckpointError) -> Int {
-        let dirty = tracker.dirtyPages(of: state.memory)
+    public mutating func record(_ state: MachineState, dirtyPages: [UInt32]? = nil) throws(CheckpointError) -> Int {
+        let dirty = dirtyPages ?? tracker.dirtyPages(of: state.memory)
         // The event log (issue 3) will give the real position; until then every checkpoint is a
         // restore point of its own.
         let checkpoint = written == 0

@@ -28,8 +28,16 @@ struct MachineLaunch {
             if let directory {
                 var recorder = try CheckpointRecorder(directory: URL(fileURLWithPath: directory), moduleHash: prepared.hash)
                 let logger = self.logger
+                let kernelTracker: UserfaultDirtyTracker?
+                do {
+                    kernelTracker = try UserfaultDirtyTracker()
+                } catch {
+                    logger.warning("dirty pages found by hashing instead", metadata: ["reason": "\(error)"])
+                    kernelTracker = nil
+                }
                 machine.onSuspended = { machine in
-                    let pages = try recorder.record(machine.captureState())
+                    let dirty = try kernelTracker.map { tracker in try machine.withLinearMemory { try tracker.dirtyPages(of: $0) } }
+                    let pages = try recorder.record(machine.captureState(), dirtyPages: dirty)
                     logger.info("checkpoint", metadata: ["sequence": "\(recorder.written)", "pages": "\(pages)"])
                 }
                 timer = Self.requestEvery(interval ?? .milliseconds(200), suspension)

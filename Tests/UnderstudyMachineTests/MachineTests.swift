@@ -106,6 +106,46 @@ final class MachineTests: XCTestCase {
             String(decoding: second.sent, as: UTF8.self), "$7\r\nvalue-0\r\n$9\r\nvalue-299\r\n:42\r\n:301\r\n")
     }
 
+    /// The kernel's write-protect tracker must report every page whose bytes changed between
+    /// two suspensions (what the hashing tracker finds by reading them), and not every page.
+    func testUserfaultTrackerReportsEveryChangedPage() throws {
+        let tracker = try UserfaultDirtyTracker()
+        var script = ""
+        for index in 0..<1_500 {
+            script += "*3\r\n$3\r\nSET\r\n$\("k\(index)".utf8.count)\r\nk\(index)\r\n$64\r\n\(String(repeating: "v", count: 64))\r\n"
+        }
+        let bytes = Array(script.utf8)
+        let chunks = stride(from: 0, to: bytes.count, by: 2_048).map { Array(bytes[$0..<min($0 + 2_048, bytes.count)]) }
+        let world = ScriptedWorld(incoming: chunks, interruptEvery: 2, suspension: SuspensionRequest())
+        let machine = try machine("kv", world)
+        var previous: [UInt8]?
+        var changedTotal = 0
+        var reportedTotal = 0
+        var pagesTotal = 0
+        var misses: [String] = []
+        machine.onSuspended = { machine in
+            if world.finished { throw ScriptedWorld.Finished() }
+            let reported = Set(try machine.withLinearMemory { try tracker.dirtyPages(of: $0) })
+            let current = machine.withLinearMemory { Array($0) }
+            defer { previous = current }
+            guard let previous else { return }
+            for page in 0..<(current.count / 4_096) {
+                let range = (page * 4_096)..<((page + 1) * 4_096)
+                let changed = range.upperBound > previous.count || current[range] != previous[range]
+                if changed {
+                    changedTotal += 1
+                    if !reported.contains(UInt32(page)) { misses.append("page \(page)") }
+                }
+            }
+            reportedTotal += reported.count
+            pagesTotal += current.count / 4_096
+        }
+        XCTAssertThrowsError(try machine.run())
+        XCTAssertEqual(misses, [], "changed pages the kernel did not report")
+        XCTAssertGreaterThan(changedTotal, 0)
+        XCTAssertLessThan(reportedTotal, pagesTotal / 2, "the tracker must not simply report everything")
+    }
+
     /// Every clock reading and random byte comes from the world: the same world gives the same
     /// machine, a different entropy source a different one.
     func testClockAndEntropyComeOnlyFromTheWorld() throws {

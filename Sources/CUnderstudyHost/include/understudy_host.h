@@ -17,3 +17,19 @@ int understudy_getrandom(void *buffer, size_t length);
 int understudy_pipe(int ends[2]);
 
 #endif
+
+// Dirty-page tracking by userfaultfd asynchronous write-protect and PAGEMAP_SCAN (Linux 6.7+).
+// Each returns 0 or a negative errno.
+struct understudy_page_range {  // the kernel's struct page_region
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+};
+// Opens a userfaultfd with WP_ASYNC | WP_UNPOPULATED; returns the fd or a negative errno.
+int understudy_uffd_open(void);
+// Registers [start, start+length) for write-protect tracking and protects it.
+int understudy_uffd_track(int uffd, void *start, uint64_t length);
+// Writes up to `capacity` ranges written since the last scan into `ranges` and re-protects them
+// in the same step; returns how many, or a negative errno.
+long understudy_pagemap_scan(int pagemap, void *start, uint64_t length, struct understudy_page_range *ranges,
+                             uint64_t capacity);

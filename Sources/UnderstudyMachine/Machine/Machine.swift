@@ -118,6 +118,12 @@ public final class Machine {
 
     public var openConnections: [ConnectionID] { host.descriptors.openConnections }
 
+    /// The guest's linear memory in place, for a dirty tracker. Only while suspended.
+    public func withLinearMemory<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        precondition(isSuspended, "linear memory read while the guest runs")
+        return try memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount, body)
+    }
+
     /// The machine's complete state. Only while suspended: from `onSuspended`.
     public func captureState() throws(MachineError) -> MachineState {
         guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
