@@ -25,6 +25,25 @@ final class RestoreTests: XCTestCase {
         XCTFail("no checkpoint appeared in \(directory.path)")
     }
 
+    /// A recording of `guest` with at least one checkpoint, its process killed.
+    private func killedRecording(of guest: String) throws -> URL {
+        let directory = recording()
+        let original = try ServedGuest(guest, options: ["--record", directory.path, "--checkpoint-every", "50ms"])
+        try waitForCheckpoints(in: directory, beyond: 1)
+        original.stop()
+        return directory
+    }
+
+    /// `understudy restore kv` from `directory`, expected to fail.
+    private func failedRestore(from directory: URL) throws -> Harness.Outcome {
+        let outcome = try Harness.run(
+            Harness.binary,
+            ["restore", try Harness.guest("kv"), "--from", directory.path, "--listen", "127.0.0.1:\(Harness.freePort())"],
+            environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        XCTAssertEqual(outcome.status, 1)
+        return outcome
+    }
+
     func testRestoredMachineServesTheKeysWrittenBeforeItsCheckpoint() throws {
         let directory = recording()
         let original = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
@@ -44,31 +63,18 @@ final class RestoreTests: XCTestCase {
     }
 
     func testCorruptCheckpointIsRefusedWithItsReason() throws {
-        let directory = recording()
-        let original = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
-        try waitForCheckpoints(in: directory, beyond: 1)
-        original.stop()
+        let directory = try killedRecording(of: "kv")
         let first = directory.appendingPathComponent("checkpoint-000001.ckpt")
         var bytes = Array(try Data(contentsOf: first))
         bytes[bytes.count / 2] ^= 0x5a
         try Data(bytes).write(to: first)
-        let outcome = try Harness.run(
-            Harness.binary, ["restore", try Harness.guest("kv"), "--from", directory.path, "--listen", "127.0.0.1:\(Harness.freePort())"],
-            environment: ["UNDERSTUDY_CACHE": Harness.cache])
-        XCTAssertEqual(outcome.status, 1)
+        let outcome = try failedRestore(from: directory)
         XCTAssertTrue(outcome.stderr.hasPrefix("understudy: checkpoint record"), outcome.stderr)
         XCTAssertTrue(outcome.stderr.contains("fails its checksum"), outcome.stderr)
     }
 
     func testCheckpointOfAnotherModuleIsRefused() throws {
-        let directory = recording()
-        let original = try ServedGuest("echo", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
-        try waitForCheckpoints(in: directory, beyond: 1)
-        original.stop()
-        let outcome = try Harness.run(
-            Harness.binary, ["restore", try Harness.guest("kv"), "--from", directory.path],
-            environment: ["UNDERSTUDY_CACHE": Harness.cache])
-        XCTAssertEqual(outcome.status, 1)
+        let outcome = try failedRestore(from: try killedRecording(of: "echo"))
         XCTAssertTrue(outcome.stderr.contains("belongs to module"), outcome.stderr)
     }
 }

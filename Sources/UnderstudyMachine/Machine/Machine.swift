@@ -116,8 +116,6 @@ public final class Machine {
         return "\(error)"
     }
 
-    public var openConnections: [ConnectionID] { host.descriptors.openConnections }
-
     /// The guest's linear memory in place, for a dirty tracker. Only while suspended.
     public func withLinearMemory<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
         precondition(isSuspended, "linear memory read while the guest runs")
