@@ -4,7 +4,8 @@ import PackageDescription
 // Layers, one direction of dependency:
 //   UnderstudyCore (values, the world seam; no engine)
 //   → UnderstudyMachine (WasmKit, devices, module preparation)
-//   → UnderstudyCheckpoint (machine state, event log)
+//   UnderstudyEventLog (the world's answers as a log: record, replay; no engine)
+//   → UnderstudyCheckpoint (checkpoints, recordings, replay verification)
 //   → UnderstudyReplication (never imports WasmKit)
 //   → understudy (command line)
 let package = Package(
@@ -29,7 +30,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore", "UnderstudyMachine"]),
+        .target(name: "UnderstudyEventLog", dependencies: ["UnderstudyCore"]),
+        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog"]),
         .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyCheckpoint"]),
         .executableTarget(
             name: "understudy",
@@ -42,11 +44,14 @@ let package = Package(
             ]
         ),
         .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
-        .testTarget(name: "UnderstudyCheckpointTests", dependencies: ["UnderstudyCheckpoint", "UnderstudyMachine", "UnderstudyCore"]),
+        .testTarget(
+            name: "UnderstudyCheckpointTests",
+            dependencies: ["UnderstudyCheckpoint", "UnderstudyEventLog", "UnderstudyMachine", "UnderstudyCore"]
+        ),
         .testTarget(
             name: "UnderstudyMachineTests",
             dependencies: [
-                "UnderstudyMachine", "UnderstudyCore",
+                "UnderstudyMachine", "UnderstudyCore", "UnderstudyEventLog", "UnderstudyCheckpoint",
                 .product(name: "WAT", package: "WasmKit"),
             ]
         ),

@@ -32,8 +32,9 @@ public struct Checkpoint: Equatable, Sendable {
     public var unwindDataAddress: UInt32
 
     public static func full(of state: MachineState, moduleHash: String, logPosition: UInt64) -> Checkpoint {
-        let count = UInt32(state.memory.count / pageSize)
-        return checkpoint(.full, of: state, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition)
+        state.memory.withUnsafeBytes { memory in
+            full(memory: memory, rest: state, moduleHash: moduleHash, logPosition: logPosition)
+        }
     }
 
     /// Only `dirtyPages` (the tracker's answer since the previous checkpoint) are carried; pages
@@ -41,28 +42,58 @@ public struct Checkpoint: Equatable, Sendable {
     public static func delta<Pages: Sequence>(
         of state: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64
     ) -> Checkpoint where Pages.Element == UInt32 {
-        checkpoint(.delta, of: state, pages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
+        state.memory.withUnsafeBytes { memory in
+            delta(memory: memory, rest: state, dirtyPages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
+        }
+    }
+
+    /// As `full(of:)`, reading `memory` in place (a suspended machine's linear memory); the
+    /// globals and devices come from `rest`, whose own memory is not read.
+    public static func full(memory: UnsafeRawBufferPointer, rest: MachineState, moduleHash: String, logPosition: UInt64) -> Checkpoint {
+        let count = UInt32(memory.count / pageSize)
+        return checkpoint(.full, memory: memory, rest: rest, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition)
+    }
+
+    /// As `delta(of:)`, copying only the dirty pages out of `memory` in place: the pause a
+    /// checkpoint costs the guest grows with the pages written, not with its memory size.
+    public static func delta<Pages: Sequence>(
+        memory: UnsafeRawBufferPointer, rest: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64
+    ) -> Checkpoint where Pages.Element == UInt32 {
+        checkpoint(.delta, memory: memory, rest: rest, pages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
     }
 
     private static func checkpoint<Pages: Sequence>(
-        _ kind: Kind, of state: MachineState, pages indices: Pages, moduleHash: String, logPosition: UInt64
+        _ kind: Kind, memory: UnsafeRawBufferPointer, rest: MachineState, pages indices: Pages, moduleHash: String,
+        logPosition: UInt64
     ) -> Checkpoint where Pages.Element == UInt32 {
-        precondition(state.memory.count % pageSize == 0, "memory is not a whole number of pages")
+        precondition(memory.count % pageSize == 0, "memory is not a whole number of pages")
+        let pageCount = memory.count / pageSize
         var pages: [Page] = []
         var zeroPages: [UInt32] = []
-        for index in Set(indices).sorted() where Int(index) < state.memory.count / pageSize {
-            let start = Int(index) * pageSize
-            let bytes = state.memory[start..<start + pageSize]
-            if bytes.allSatisfy({ $0 == 0 }) {
+        var sorted = Array(indices)
+        sorted.sort()
+        var previous: UInt32?
+        for index in sorted where Int(index) < pageCount && index != previous {
+            previous = index
+            let bytes = UnsafeRawBufferPointer(rebasing: memory[Int(index) * pageSize..<(Int(index) + 1) * pageSize])
+            if isZero(bytes) {
                 if kind == .delta { zeroPages.append(index) }
             } else {
                 pages.append(Page(index: index, bytes: Array(bytes)))
             }
         }
         return Checkpoint(
-            kind: kind, moduleHash: moduleHash, logPosition: logPosition, memoryBytes: UInt64(state.memory.count),
-            pages: pages, zeroPages: zeroPages, globals: state.globals, descriptors: state.descriptors,
-            unwindDataAddress: state.unwindDataAddress)
+            kind: kind, moduleHash: moduleHash, logPosition: logPosition, memoryBytes: UInt64(memory.count),
+            pages: pages, zeroPages: zeroPages, globals: rest.globals, descriptors: rest.descriptors,
+            unwindDataAddress: rest.unwindDataAddress)
+    }
+
+    private static func isZero(_ page: UnsafeRawBufferPointer) -> Bool {
+        var accumulated: UInt64 = 0
+        for offset in stride(from: 0, to: page.count, by: 8) {
+            accumulated |= page.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+        }
+        return accumulated == 0
     }
 
     /// The state this checkpoint describes. A delta needs the state of the checkpoint before it;

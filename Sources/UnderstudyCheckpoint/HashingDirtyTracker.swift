@@ -1,8 +1,8 @@
 import UnderstudyMachine
 
 /// Finds the 4 KiB pages that changed since the previous call by hashing every page: the
-/// fallback dirty tracker, which needs nothing from the kernel. (The userfaultfd write-protect
-/// tracker of DESIGN.md, which asks the kernel instead of reading all memory, is still to come.)
+/// fallback dirty tracker, which needs nothing from the kernel (`UserfaultDirtyTracker` asks the
+/// kernel instead of reading all memory).
 public struct HashingDirtyTracker: Sendable {
     private var pageHashes: [UInt64] = []
 
@@ -10,18 +10,20 @@ public struct HashingDirtyTracker: Sendable {
 
     /// Pages whose contents differ from the last call, including every page memory grew by.
     public mutating func dirtyPages(of memory: [UInt8]) -> [UInt32] {
-        let pageCount = memory.count / Checkpoint.pageSize
+        memory.withUnsafeBytes { dirtyPages(of: $0) }
+    }
+
+    public mutating func dirtyPages(of bytes: UnsafeRawBufferPointer) -> [UInt32] {
+        let pageCount = bytes.count / Checkpoint.pageSize
         var dirty: [UInt32] = []
-        memory.withUnsafeBytes { bytes in
-            for page in 0..<pageCount {
-                let hash = Self.hash(bytes[(page * Checkpoint.pageSize)..<((page + 1) * Checkpoint.pageSize)])
-                if page >= pageHashes.count {
-                    pageHashes.append(hash)
-                    dirty.append(UInt32(page))
-                } else if pageHashes[page] != hash {
-                    pageHashes[page] = hash
-                    dirty.append(UInt32(page))
-                }
+        for page in 0..<pageCount {
+            let hash = Self.hash(bytes[(page * Checkpoint.pageSize)..<((page + 1) * Checkpoint.pageSize)])
+            if page >= pageHashes.count {
+                pageHashes.append(hash)
+                dirty.append(UInt32(page))
+            } else if pageHashes[page] != hash {
+                pageHashes[page] = hash
+                dirty.append(UInt32(page))
             }
         }
         return dirty

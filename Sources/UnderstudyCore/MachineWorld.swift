@@ -3,8 +3,8 @@
 /// Every value a guest receives that the guest's own code did not compute — a clock reading,
 /// random bytes, an accepted connection, received bytes, a readiness set, how many bytes a send
 /// took — is the result of one call on this protocol, and every byte that leaves the machine
-/// passes through it too. Recording (issue 3) wraps a live world and logs each result; replay
-/// answers from the log and sends nothing. Nothing else may reach the guest (DESIGN.md,
+/// passes through it too. `RecordingWorld` wraps a live world and logs each result;
+/// `ReplayWorld` answers from the log and sends nothing. Nothing else may reach the guest (DESIGN.md,
 /// invariant 1).
 ///
 /// Connection and listener identities are the world's, not host file descriptors: a restored or
@@ -26,6 +26,26 @@ public protocol MachineWorld: AnyObject {
 
     /// Console output (the guest's stdout and stderr): output, never input.
     func console(_ stream: ConsoleStream, bytes: UnsafeRawBufferPointer)
+
+    /// Asked at the start of every host call that can suspend. Replay answers true where the
+    /// recorded run suspended, so the replayed guest unwinds at the same point and its memory
+    /// (the unwind buffer included) stays identical. A live world answers false: its
+    /// suspensions come from the `SuspensionRequest`.
+    func suspensionIsRecordedHere() -> Bool
+
+    /// The guest is about to unwind at this host call. A recording logs it (see above).
+    func guestWillSuspend()
+
+    /// Set once the world cannot answer any more (replay diverged or ran out of log, a
+    /// recording could not be written): the machine stops at the end of the current host call
+    /// with this reason.
+    var haltReason: String? { get }
+}
+
+extension MachineWorld {
+    public func suspensionIsRecordedHere() -> Bool { false }
+    public func guestWillSuspend() {}
+    public var haltReason: String? { nil }
 }
 
 public enum WorldClock: UInt8, Sendable {

@@ -13,33 +13,40 @@ struct MachineLaunch {
     var listen: [ServiceAddress]
     var logger: Logger
 
-    /// Prepares the module, opens the world and builds the machine with `make`; runs it until the
-    /// guest exits and throws its exit status.
+    /// Prepares the module, opens the world and builds the machine with `make` (on the world it
+    /// is given: the live one, or a recording of it); runs it until the guest exits and throws
+    /// its exit status.
     func serve(
-        recordTo directory: String?, checkpointEvery interval: Duration?,
-        make: (PreparedModule, LiveWorld, SuspensionRequest) throws -> Machine
+        recordTo directory: String?, checkpointEvery interval: Duration?, configuration: MachineConfiguration,
+        make: (PreparedModule, MachineWorld, SuspensionRequest) throws -> Machine
     ) throws -> Never {
         do {
             let prepared = try ModulePreparer().prepare(path: module)
             let suspension = SuspensionRequest()
-            let world = try LiveWorld(listening: listen, suspension: suspension)
-            let machine = try make(prepared, world, suspension)
-            var timer: DispatchSourceTimer?
+            let live = try LiveWorld(listening: listen, suspension: suspension)
+            var session: RecordingSession?
             if let directory {
-                var recorder = try CheckpointRecorder(directory: URL(fileURLWithPath: directory), moduleHash: prepared.hash)
+                let manifest = RecordingManifest(
+                    moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
+                    listenerCount: configuration.listenerCount)
+                session = try RecordingSession(
+                    directory: URL(fileURLWithPath: directory), module: URL(fileURLWithPath: module), manifest: manifest,
+                    recording: live)
+            }
+            let machine = try make(prepared, session?.world ?? live, suspension)
+            var timer: DispatchSourceTimer?
+            if let session {
+                if !session.tracksDirtyPagesInKernel { logger.warning("userfaultfd is unavailable: dirty pages are found by hashing") }
                 let logger = self.logger
-                let kernelTracker: UserfaultDirtyTracker?
-                do {
-                    kernelTracker = try UserfaultDirtyTracker()
-                } catch {
-                    logger.warning("dirty pages found by hashing instead", metadata: ["reason": "\(error)"])
-                    kernelTracker = nil
+                session.onCheckpoint = { taken in
+                    logger.info(
+                        "checkpoint",
+                        metadata: [
+                            "sequence": "\(taken.sequence)", "pages": "\(taken.pages)", "logPosition": "\(taken.logPosition)",
+                            "captureMicros": "\(taken.captureNanos / 1000)",
+                        ])
                 }
-                machine.onSuspended = { machine in
-                    let dirty = try kernelTracker.map { tracker in try machine.withLinearMemory { try tracker.dirtyPages(of: $0) } }
-                    let pages = try recorder.record(machine.captureState(), dirtyPages: dirty)
-                    logger.info("checkpoint", metadata: ["sequence": "\(recorder.written)", "pages": "\(pages)"])
-                }
+                session.attach(to: machine)
                 timer = Self.requestEvery(interval ?? .milliseconds(200), suspension)
             }
             logger.notice(
@@ -48,8 +55,15 @@ struct MachineLaunch {
                     "guest": "\(URL(fileURLWithPath: module).lastPathComponent)", "module": "\(prepared.hash.prefix(16))",
                     "listen": "\(listen.map(\.description).joined(separator: ","))",
                 ])
-            let code = try machine.run()
+            let code: Int32
+            do {
+                code = try machine.run()
+            } catch {
+                try? session?.finish()
+                throw error
+            }
             timer?.cancel()
+            try session?.finish()
             if machine.statistics.count > 0 {
                 let stats = machine.statistics
                 logger.notice(

@@ -42,13 +42,13 @@ struct RestoreCommand: ParsableCommand {
     func run() throws {
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"))
-        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in
-            let (sequence, state) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(
+        let configuration = MachineConfiguration(arguments: [], listenerCount: addresses.count)
+        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
+            prepared, world, suspension in
+            let (sequence, state, _) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(
                 at: checkpoint, moduleHash: prepared.hash)
             launch.logger.notice("restoring", metadata: ["checkpoint": "\(sequence)", "memoryBytes": "\(state.memory.count)"])
-            return try Machine(
-                restoring: state, prepared: prepared, world: world, suspension: suspension,
-                configuration: MachineConfiguration(arguments: [], listenerCount: addresses.count))
+            return try Machine(restoring: state, prepared: prepared, world: world, suspension: suspension, configuration: configuration)
         }
     }
 }

@@ -18,7 +18,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
     var env: [String] = []
 
-    @Option(name: .long, help: "Write a checkpoint into this directory at every --checkpoint-every (full first, then changed pages).")
+    @Option(name: .long, help: "Record into this empty directory: the event log, and a checkpoint at every --checkpoint-every (full first, then changed pages). `understudy replay DIR --verify` checks it.")
     var record: String?
 
     @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s (default 200ms).")
@@ -46,12 +46,12 @@ struct RunCommand: ParsableCommand {
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"))
         let name = URL(fileURLWithPath: module).lastPathComponent
-        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration) { prepared, world, suspension in
-            try Machine(
-                prepared: prepared, world: world, suspension: suspension,
-                configuration: MachineConfiguration(
-                    arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
-                    suspendAtEveryBlock: suspendAtEveryBlock))
+        let configuration = MachineConfiguration(
+            arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
+            suspendAtEveryBlock: suspendAtEveryBlock)
+        try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
+            prepared, world, suspension in
+            try Machine(prepared: prepared, world: world, suspension: suspension, configuration: configuration)
         }
     }
 }

@@ -42,6 +42,10 @@ public struct DescriptorTable: Equatable, Sendable {
         }
     }
 
+    /// Two tables are the same when the guest would see the same descriptors; the search hint is
+    /// not state (a restored table starts without it and finds the same free slots).
+    public static func == (lhs: DescriptorTable, rhs: DescriptorTable) -> Bool { lhs.entries == rhs.entries }
+
     /// A table as a checkpoint saved it.
     public init(entries: [Entry?]) {
         self.entries = entries

@@ -124,8 +124,15 @@ public final class Machine {
 
     /// The machine's complete state. Only while suspended: from `onSuspended`.
     public func captureState() throws(MachineError) -> MachineState {
+        var state = try captureStateExceptMemory()
+        state.memory = memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount) { Array($0) }
+        return state
+    }
+
+    /// Globals and devices, with `memory` left empty: a checkpoint copies only the pages it needs
+    /// straight out of `withLinearMemory`. Only while suspended.
+    public func captureStateExceptMemory() throws(MachineError) -> MachineState {
         guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
-        let bytes = memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount) { Array($0) }
         var globals: [MachineState.GlobalState] = []
         for (name, value) in instance.exports {
             if case .global(let global) = value, let state = MachineState.GlobalState(name: name, value: global.value) {
@@ -133,7 +140,7 @@ public final class Machine {
             }
         }
         return MachineState(
-            memory: bytes, globals: globals.sorted { $0.name < $1.name }, descriptors: host.descriptors,
+            memory: [], globals: globals.sorted { $0.name < $1.name }, descriptors: host.descriptors,
             unwindDataAddress: asyncify.dataAddress)
     }
 
@@ -182,7 +189,7 @@ extension Machine: HostCallSuspension {
             recordPause()
             return false
         }
-        if suspension.isPending || (mayBlock && configuration.suspendAtEveryBlock) {
+        if suspension.isPending || (mayBlock && configuration.suspendAtEveryBlock) || host.world.suspensionIsRecordedHere() {
             try beginUnwind()
             return true
         }
@@ -195,6 +202,7 @@ extension Machine: HostCallSuspension {
 
     private func beginUnwind() throws {
         unwindStartedAt = ContinuousClock.now
+        host.world.guestWillSuspend()
         try asyncify.startUnwind()
     }
 

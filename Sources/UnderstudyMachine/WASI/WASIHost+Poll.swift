@@ -83,7 +83,8 @@ extension WASIHost {
         interruptedPollDeadline = nil
         while true {
             let timeout: UInt64? = immediate.isEmpty ? deadline.map(Self.nanosUntil) : 0
-            switch world.poll(interests, timeoutNanos: timeout) {
+            let outcome = world.poll(interests, timeoutNanos: timeout)
+            switch outcome {
             case .interrupted:
                 guard let suspension else { continue }
                 interruptedPollDeadline = deadline
@@ -109,7 +110,9 @@ extension WASIHost {
                     events.append(Event(userdata: watch.userdata, error: error, type: watch.type, hangup: readiness.hangup))
                 }
             }
-            if !events.isEmpty || timeout == 0 { return try finish(events, output, resultCount) }
+            // Whether to wait again depends only on what the world answered, never on the host
+            // clock, so a replay that gets the same answers makes the same calls.
+            if !events.isEmpty || outcome == .timedOut { return try finish(events, output, resultCount) }
         }
     }
 

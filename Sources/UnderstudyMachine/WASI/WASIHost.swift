@@ -51,13 +51,14 @@ final class WASIHost {
         for (name, signature) in WASIImportTable.signatures {
             let body = implementation(of: name)
             let function = Function(store: store, parameters: signature.parameters, results: signature.results) {
-                _, parameters, results in
+                [unowned self] _, parameters, results in
                 let errno: WASIErrno
                 do {
                     errno = try body(parameters)
                 } catch let error as WASIErrno {
                     errno = error
                 }
+                if let reason = self.world.haltReason { throw MachineError.halted(reason) }
                 if !results.isEmpty { results[0] = .i32(UInt32(errno.rawValue)) }
             }
             imports.define(module: WASIImportTable.moduleName, name: name, function)

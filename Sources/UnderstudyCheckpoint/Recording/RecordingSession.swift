@@ -1,0 +1,120 @@
+import Dispatch
+import Foundation
+import UnderstudyCore
+import UnderstudyEventLog
+import UnderstudyMachine
+
+/// Records a running machine into a directory: the event log as the guest consumes the world,
+/// and a checkpoint each time the guest is suspended for one — full first, then only the pages
+/// written since. While the guest is paused the session only hands the log batch to the file and
+/// copies the dirty pages out; encoding, writing and fsync happen on a writer queue, in order
+/// (the log is made durable before the checkpoint that points into it).
+public final class RecordingSession {
+    public struct CheckpointTaken: Sendable {
+        public var sequence: Int
+        public var pages: Int
+        public var logPosition: UInt64
+        /// Flushing the log batch, finding dirty pages and copying them: the part of the pause
+        /// this session adds.
+        public var captureNanos: UInt64
+    }
+
+    public let world: RecordingWorld
+    public let directory: CheckpointDirectory
+    public let tracksDirtyPagesInKernel: Bool
+    private let logFile: EventLogFile
+    private let moduleHash: String
+    private let kernelTracker: UserfaultDirtyTracker?
+    private var hashingTracker = HashingDirtyTracker()
+    private var taken = 0
+    private let writer = DispatchQueue(label: "understudy.checkpoint-writer")
+    private let writeFailure = WriteFailure()
+    /// Called on the machine's thread after each checkpoint is captured (for logging).
+    public var onCheckpoint: ((CheckpointTaken) -> Void)?
+
+    /// Creates the recording in `directory` (manifest, module copy, empty log) around `live`.
+    /// Without `kernelTracking` (or when the kernel refuses it) pages are found by hashing.
+    public init(
+        directory url: URL, module: URL, manifest: RecordingManifest, recording live: MachineWorld, kernelTracking: Bool = true
+    ) throws {
+        do {
+            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        } catch {
+            throw CheckpointError.unreadable("cannot create \(url.path): \((error as NSError).localizedDescription)")
+        }
+        directory = CheckpointDirectory(url)
+        if let stale = try? directory.sequences(), !stale.isEmpty {
+            throw CheckpointError.unreadable("\(url.path) already holds a recording; choose an empty directory")
+        }
+        try manifest.write(to: url, module: module)
+        moduleHash = manifest.moduleHash
+        logFile = try EventLogFile(creating: directory.eventLogURL, moduleHash: manifest.moduleHash)
+        world = RecordingWorld(recording: live, to: logFile)
+        kernelTracker = kernelTracking ? try? UserfaultDirtyTracker() : nil
+        tracksDirtyPagesInKernel = kernelTracker != nil
+    }
+
+    /// Makes `machine` take a checkpoint at each of its suspensions. The machine must have been
+    /// built on `world`.
+    public func attach(to machine: Machine) {
+        machine.onSuspended = { [unowned self] machine in try self.checkpoint(machine) }
+    }
+
+    private func checkpoint(_ machine: Machine) throws {
+        if let failure = writeFailure.reason { throw CheckpointError.unreadable(failure) }
+        let began = ContinuousClock.now
+        try world.flush()
+        let rest = try machine.captureStateExceptMemory()
+        let position = world.position
+        let checkpoint = try machine.withLinearMemory { memory -> Checkpoint in
+            if taken == 0 {
+                // Both trackers start from this full copy.
+                if let kernelTracker { _ = try kernelTracker.dirtyPages(of: memory) } else { _ = hashingTracker.dirtyPages(of: memory) }
+                return Checkpoint.full(memory: memory, rest: rest, moduleHash: moduleHash, logPosition: position)
+            }
+            let dirty = try kernelTracker?.dirtyPages(of: memory) ?? hashingTracker.dirtyPages(of: memory)
+            return Checkpoint.delta(memory: memory, rest: rest, dirtyPages: dirty, moduleHash: moduleHash, logPosition: position)
+        }
+        taken += 1
+        let sequence = taken
+        let (logFile, directory, failure) = (logFile, directory, writeFailure)
+        writer.async {
+            guard failure.reason == nil else { return }
+            do {
+                try logFile.synchronize()
+                try CheckpointFile.write(checkpoint, to: directory.fileURL(sequence: sequence))
+            } catch {
+                failure.reason = "\(error)"
+            }
+        }
+        onCheckpoint?(
+            CheckpointTaken(
+                sequence: sequence, pages: checkpoint.pages.count + checkpoint.zeroPages.count, logPosition: position,
+                captureNanos: Self.nanos(since: began)))
+    }
+
+    /// Writes out the rest of the log and waits for every checkpoint to be on disk.
+    public func finish() throws {
+        try world.flush()
+        let (logFile, failure) = (logFile, writeFailure)
+        writer.sync {
+            do { try logFile.synchronize() } catch { if failure.reason == nil { failure.reason = "\(error)" } }
+        }
+        if let reason = writeFailure.reason { throw CheckpointError.unreadable(reason) }
+    }
+
+    static func nanos(since start: ContinuousClock.Instant) -> UInt64 {
+        let (seconds, attoseconds) = (ContinuousClock.now - start).components
+        return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+    }
+}
+
+/// The first failure of the writer queue, reported on the machine's thread at the next checkpoint.
+private final class WriteFailure: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: String?
+    var reason: String? {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
