@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/swiftwasm/WasmKit.git", exact: "0.4.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", exact: "2.13.0"),
     ],
     targets: [
         .target(name: "CUnderstudyHost"),
@@ -28,10 +29,16 @@ let package = Package(
                 "UnderstudyCore",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(name: "UnderstudyEventLog", dependencies: ["UnderstudyCore"]),
-        .target(name: "UnderstudyCheckpoint", dependencies: ["UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog"]),
+        .target(
+            name: "UnderstudyCheckpoint",
+            dependencies: [
+                "UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog", .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyCheckpoint"]),
         .executableTarget(
             name: "understudy",
@@ -43,6 +50,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The checkpoint measurements of `make bench` (pause, scan cost, restore, replay).
+        .executableTarget(
+            name: "understudy-bench",
+            dependencies: ["UnderstudyCore", "UnderstudyMachine", "UnderstudyCheckpoint"]
+        ),
         .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
         .testTarget(
             name: "UnderstudyCheckpointTests",
@@ -53,6 +65,7 @@ let package = Package(
             dependencies: [
                 "UnderstudyMachine", "UnderstudyCore", "UnderstudyEventLog", "UnderstudyCheckpoint",
                 .product(name: "WAT", package: "WasmKit"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).

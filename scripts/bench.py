@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""The baseline benchmark (issue 2): the unprotected machine against the same C built natively.
+"""`make bench`: the unprotected machine against the same C built natively, what recording
+(event log + checkpoints) costs, how fast a recording replays, and the checkpoint pause, tracker
+scan cost and restore time over memory sizes and dirty-page counts (understudy-bench).
 
 Runs every measurement side by side in one run, repeats each, and writes BENCHMARKS.md with
 min / median / max and the ratios. Usage: scripts/bench.py BIN [--quick]
 """
+import json
+import tempfile
 import os
 import platform
 import re
@@ -148,16 +152,28 @@ def main():
         rows.setdefault(key, []).append(value)
 
     for round_number in range(1, repeats + 1):
-        for how, options in (("native", ()), ("understudy", ()), ("understudy-unwind-every-block", ("--suspend-at-every-block",))):
+        recording = tempfile.mkdtemp(prefix="understudy-bench-recording-")
+        shutil.rmtree(recording)
+        variants = (("native", ()), ("understudy", ()), ("understudy-unwind-every-block", ("--suspend-at-every-block",)),
+                    ("understudy-recording", ("--record", recording, "--checkpoint-every", "200ms")))
+        for how, options in variants:
             progress(f"round {round_number}/{repeats}: kv {how} (redis-benchmark, {kv_requests} requests per test)")
             server = Server(bin_path, "kv", "native" if how == "native" else "understudy", options=options)
             try:
+                started = time.perf_counter()
                 for test, result in redis_benchmark(server.port, "set,get,incr", kv_requests).items():
                     record(("kv", how, test), result)
+                live_seconds = time.perf_counter() - started
                 for test, result in redis_benchmark(server.port, "get", kv_requests, pipeline=16).items():
                     record(("kv-P16", how, test), result)
+                if how == "understudy-recording":
+                    time.sleep(0.5)  # a checkpoint after the last request
             finally:
                 server.stop()
+            if how == "understudy-recording":
+                progress(f"round {round_number}/{repeats}: replaying the kv recording (--verify)")
+                record(("replay", "", ""), replay_measurement(bin_path, recording, live_seconds))
+                shutil.rmtree(recording, ignore_errors=True)
         for how in ("native", "understudy"):
             progress(f"round {round_number}/{repeats}: http {how} (wrk {wrk_seconds}s)")
             server = Server(bin_path, "http", how)
@@ -180,10 +196,36 @@ def main():
             assert wasmtime_out == native_out
             record(("cpu", "wasmtime", ""), wasmtime_seconds)
 
-    write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale)
+    sizes = "16,256" if quick else "16,64,256,1024"
+    rounds = "10" if quick else "20"
+    progress(f"checkpoint pause, scan cost and restore (understudy-bench, memory {sizes} MiB, {rounds} rounds each)")
+    bench_bin = os.path.join(os.path.dirname(bin_path), "understudy-bench")
+    out = subprocess.run([bench_bin, GUESTS, "--sizes", sizes, "--dirty", "100,1000,10000", "--rounds", rounds],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    checkpoint_rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds)
 
 
-def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale):
+def replay_measurement(bin_path, recording, live_seconds):
+    """Replays a recording twice (with and without state verification) and reads the summaries."""
+    result = {"live": live_seconds,
+              "log_bytes": os.path.getsize(os.path.join(recording, "events.log")),
+              "checkpoints": len([n for n in os.listdir(recording) if n.endswith(".ckpt")])}
+    for label, options in (("verify", ["--verify"]), ("plain", [])):
+        out = subprocess.run([bin_path, "replay", recording, *options], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"replay of the kv recording failed: {out.stderr.strip()}")
+        match = re.search(r"replayed log entries (\d+)\.\.<(\d+) of (\d+) .* in ([\d.]+) s", out.stdout)
+        result[label] = float(match.group(4))
+        result["entries"] = int(match.group(3))
+        verified = re.search(r"checkpoints verified: (\d+)", out.stdout)
+        if verified:
+            result["verified"] = int(verified.group(1))
+    return result
+
+
+def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds):
     cores = os.cpu_count()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = [
@@ -202,7 +244,9 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
         f"`redis-benchmark -t set,get,incr -n {kv_requests} -c 50` and `-t get -P 16`. "
         "`native` is the same C compiled by gcc -O2; `understudy` is the unprotected machine (mode "
         "`none`); `unwind-every-block` also unwinds and rewinds the guest's stack at every host call "
-        "that may block.",
+        "that may block; `recording` is `understudy run --record DIR --checkpoint-every 200ms`: every "
+        "answer the guest consumes goes to the event log, and a checkpoint of the pages written since "
+        "the last one is taken every 200 ms.",
         "",
         "| test | how | requests/s | p50 ms | p99 ms | throughput vs native |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -211,7 +255,7 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
         tests = sorted({key[2] for key in rows if key[0] == family})
         for test in tests:
             native = statistics.median(r["rps"] for r in rows[(family, "native", test)])
-            for how in ("native", "understudy", "understudy-unwind-every-block"):
+            for how in ("native", "understudy", "understudy-unwind-every-block", "understudy-recording"):
                 results = rows.get((family, how, test))
                 if not results:
                     continue
@@ -236,6 +280,7 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
                if ratio > 1 else
                "Unwinding only when a checkpoint is due is the default. ")
             + "`--suspend-at-every-block` exists to repeat this measurement.")
+    lines += checkpoint_report(rows, checkpoint_rows, sizes, rounds, kv_requests)
     lines += [
         "",
         "## HTTP guest (`http`) under wrk",
@@ -272,6 +317,59 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
         handle.write("\n".join(lines))
     progress("wrote BENCHMARKS.md")
+
+
+def checkpoint_report(rows, checkpoint_rows, sizes, rounds, kv_requests):
+    lines = ["", "## Recording and replay (`kv`)", ""]
+    ours = [statistics.median(r["rps"] for r in rows[("kv", "understudy", t)]) for t in ("SET", "GET", "INCR")]
+    recorded = [statistics.median(r["rps"] for r in rows[("kv", "understudy-recording", t)]) for t in ("SET", "GET", "INCR")]
+    replays = rows[("replay", "", "")]
+    lines += [
+        f"Recording kept {statistics.mean(recorded) / statistics.mean(ours):.3f} of the unrecorded machine's "
+        "throughput (mean of the SET/GET/INCR medians in the table above).",
+        "",
+        f"Each kv recording above (the SET/GET/INCR and -P 16 runs, {kv_requests} requests per test) was then "
+        "replayed by `understudy replay DIR --verify` (every output checked against its digest, the "
+        "machine compared with every checkpoint) and without `--verify` (outputs only). *Live* is the "
+        "wall time of the SET/GET/INCR part alone, so the ratio understates replay speed.",
+        "",
+        "| log entries | log MiB | checkpoints verified | live s (SET/GET/INCR) | replay --verify s | replay s | entries/s replayed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in replays:
+        lines.append(f"| {r['entries']:,} | {r['log_bytes'] / 2**20:.1f} | {r.get('verified', 0)} | {r['live']:.2f} | "
+                     f"{r['verify']:.2f} | {r['plain']:.2f} | {r['entries'] / r['plain']:,.0f} |")
+    lines += [
+        "",
+        "## Checkpoints: pause, scan cost, restore",
+        "",
+        f"`understudy-bench guests/build --sizes {sizes} --dirty 100,1000,10000 --rounds {rounds}` (run by "
+        "`make bench`). The `pagetouch` guest writes exactly N pages of a memory of the given size per "
+        "round, then suspends; a RecordingSession takes a checkpoint at each suspension, as "
+        "`run --record` does, 25 ms apart. *Pause* is what the guest sees (unwind → state captured → "
+        "rewound), median and p99 over the rounds after the first (full) checkpoint; *capture* is the "
+        "part spent flushing the log, finding dirty pages and copying them (encoding, writing and fsync "
+        "happen off the pause, on the writer queue). *Restore* reads and applies every checkpoint "
+        "and builds a fresh machine. Goal: pause ≤ 1 ms at 1 000 dirty pages.",
+        "",
+        "| memory MiB | dirty pages | tracker | pause p50 µs | pause p99 µs | capture p50 µs | restore ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in (r for r in checkpoint_rows if r["kind"] == "checkpoint"):
+        lines.append(f"| {r['memoryMiB']} | {r['dirtyPages']:,} | {r['tracker']} | {r['pauseMedianMicros']:,.0f} | "
+                     f"{r['pauseP99Micros']:,.0f} | {r['captureMedianMicros']:,.0f} | {r['restoreMillis']:,.0f} |")
+    lines += [
+        "",
+        "Finding N written pages, the trackers alone on an anonymous mapping of the same size "
+        f"(median of {rounds} scans): userfaultfd write-protect + `PAGEMAP_SCAN` against hashing every page.",
+        "",
+        "| memory MiB | dirty pages | userfaultfd µs | hashing µs | hashing / userfaultfd |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in (r for r in checkpoint_rows if r["kind"] == "scan"):
+        lines.append(f"| {r['memoryMiB']} | {r['dirtyPages']:,} | {r['userfaultfdMedianMicros']:,.0f} | "
+                     f"{r['hashingMedianMicros']:,.0f} | {r['hashingMedianMicros'] / r['userfaultfdMedianMicros']:,.0f}× |")
+    return lines
 
 
 if __name__ == "__main__":

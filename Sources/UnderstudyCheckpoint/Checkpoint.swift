@@ -15,7 +15,9 @@ public struct Checkpoint: Equatable, Sendable {
 
     public struct Page: Equatable, Sendable {
         public var index: UInt32
-        public var bytes: [UInt8]
+        /// One page's bytes: a slice of one buffer shared by all the checkpoint's pages (one
+        /// allocation per checkpoint, not one per page) or of the file it was read from.
+        public var bytes: ArraySlice<UInt8>
     }
 
     public var kind: Kind
@@ -42,45 +44,65 @@ public struct Checkpoint: Equatable, Sendable {
     public static func delta<Pages: Sequence>(
         of state: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64
     ) -> Checkpoint where Pages.Element == UInt32 {
-        state.memory.withUnsafeBytes { memory in
-            delta(memory: memory, rest: state, dirtyPages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
+        var buffer: [UInt8] = []
+        return state.memory.withUnsafeBytes { memory in
+            delta(memory: memory, rest: state, dirtyPages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition, pageBuffer: &buffer)
         }
     }
 
     /// As `full(of:)`, reading `memory` in place (a suspended machine's linear memory); the
     /// globals and devices come from `rest`, whose own memory is not read.
     public static func full(memory: UnsafeRawBufferPointer, rest: MachineState, moduleHash: String, logPosition: UInt64) -> Checkpoint {
+        var buffer: [UInt8] = []
         let count = UInt32(memory.count / pageSize)
-        return checkpoint(.full, memory: memory, rest: rest, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition)
+        return checkpoint(
+            .full, memory: memory, rest: rest, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition, buffer: &buffer)
     }
 
     /// As `delta(of:)`, copying only the dirty pages out of `memory` in place: the pause a
     /// checkpoint costs the guest grows with the pages written, not with its memory size.
+    /// `pageBuffer` holds the copied pages; pass the same one each time and it is reused once
+    /// the previous checkpoint built in it has been released.
     public static func delta<Pages: Sequence>(
-        memory: UnsafeRawBufferPointer, rest: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64
+        memory: UnsafeRawBufferPointer, rest: MachineState, dirtyPages: Pages, moduleHash: String, logPosition: UInt64,
+        pageBuffer: inout [UInt8]
     ) -> Checkpoint where Pages.Element == UInt32 {
-        checkpoint(.delta, memory: memory, rest: rest, pages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition)
+        checkpoint(
+            .delta, memory: memory, rest: rest, pages: dirtyPages, moduleHash: moduleHash, logPosition: logPosition,
+            buffer: &pageBuffer)
     }
 
     private static func checkpoint<Pages: Sequence>(
         _ kind: Kind, memory: UnsafeRawBufferPointer, rest: MachineState, pages indices: Pages, moduleHash: String,
-        logPosition: UInt64
+        logPosition: UInt64, buffer: inout [UInt8]
     ) -> Checkpoint where Pages.Element == UInt32 {
         precondition(memory.count % pageSize == 0, "memory is not a whole number of pages")
         let pageCount = memory.count / pageSize
-        var pages: [Page] = []
-        var zeroPages: [UInt32] = []
         var sorted = Array(indices)
         sorted.sort()
+        // Copied in one pass over guest memory: each page is checked for zero in the buffer,
+        // while it is still in cache, and dropped again if it is. The buffer is refilled in
+        // place when the previous checkpoint built in it is gone (the recorder recycles it):
+        // fresh memory would cost a page fault per page copied.
+        buffer.removeAll(keepingCapacity: true)
+        buffer.reserveCapacity(sorted.count * pageSize)
+        let source = memory.bindMemory(to: UInt8.self)
+        var carried: [UInt32] = []
+        var zeroPages: [UInt32] = []
         var previous: UInt32?
         for index in sorted where Int(index) < pageCount && index != previous {
             previous = index
-            let bytes = UnsafeRawBufferPointer(rebasing: memory[Int(index) * pageSize..<(Int(index) + 1) * pageSize])
-            if isZero(bytes) {
+            // A typed buffer: appending one is a memcpy, appending a raw one goes byte by byte.
+            buffer.append(contentsOf: UnsafeBufferPointer(rebasing: source[Int(index) * pageSize..<(Int(index) + 1) * pageSize]))
+            if buffer.withUnsafeBytes({ isZero(UnsafeRawBufferPointer(rebasing: $0[($0.count - pageSize)...])) }) {
+                buffer.removeLast(pageSize)
                 if kind == .delta { zeroPages.append(index) }
             } else {
-                pages.append(Page(index: index, bytes: Array(bytes)))
+                carried.append(index)
             }
+        }
+        let pages = carried.enumerated().map { slot, index in
+            Page(index: index, bytes: buffer[slot * pageSize..<(slot + 1) * pageSize])
         }
         return Checkpoint(
             kind: kind, moduleHash: moduleHash, logPosition: logPosition, memoryBytes: UInt64(memory.count),
@@ -99,28 +121,44 @@ public struct Checkpoint: Equatable, Sendable {
     /// The state this checkpoint describes. A delta needs the state of the checkpoint before it;
     /// the base is not modified, so a failure leaves it intact.
     public func apply(to base: MachineState?) throws(CheckpointError) -> MachineState {
-        var memory: [UInt8]
+        var state = base
+        try apply(onto: &state)
+        return state!
+    }
+
+    /// As `apply(to:)`, in place: restoring a large memory from many deltas copies it once, not
+    /// once per delta. Everything that can fail is checked before `state` is touched.
+    public func apply(onto state: inout MachineState?) throws(CheckpointError) {
         switch kind {
         case .full:
-            memory = [UInt8](repeating: 0, count: Int(memoryBytes))
+            state = MachineState(
+                memory: [UInt8](repeating: 0, count: Int(memoryBytes)), globals: globals, descriptors: descriptors,
+                unwindDataAddress: unwindDataAddress)
         case .delta:
-            guard let base else { throw .deltaWithoutBase }
+            guard let base = state else { throw .deltaWithoutBase }
             guard UInt64(base.memory.count) <= memoryBytes else {
                 throw .malformed("the delta's memory (\(memoryBytes) bytes) is smaller than its base's (\(base.memory.count))")
             }
-            memory = base.memory
-            memory.append(contentsOf: repeatElement(0, count: Int(memoryBytes) - base.memory.count))
+            state!.memory.append(contentsOf: repeatElement(0, count: Int(memoryBytes) - base.memory.count))
+            state!.globals = globals
+            state!.descriptors = descriptors
+            state!.unwindDataAddress = unwindDataAddress
         }
-        for page in pages {
-            let start = Int(page.index) * Self.pageSize
-            memory.replaceSubrange(start..<start + Self.pageSize, with: page.bytes)
+        state!.memory.withUnsafeMutableBytes { memory in
+            let pageCount = memory.count / Self.pageSize
+            precondition(
+                pages.allSatisfy { Int($0.index) < pageCount && $0.bytes.count == Self.pageSize }
+                    && zeroPages.allSatisfy { Int($0) < pageCount },
+                "a checkpoint page lies outside its memory (the decoder refuses such input)")
+            for page in pages {
+                page.bytes.withUnsafeBytes { bytes in
+                    (memory.baseAddress! + Int(page.index) * Self.pageSize).copyMemory(from: bytes.baseAddress!, byteCount: Self.pageSize)
+                }
+            }
+            for index in zeroPages {
+                (memory.baseAddress! + Int(index) * Self.pageSize).initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize)
+            }
         }
-        for index in zeroPages {
-            let start = Int(index) * Self.pageSize
-            memory.replaceSubrange(start..<start + Self.pageSize, with: repeatElement(0, count: Self.pageSize))
-        }
-        return MachineState(
-            memory: memory, globals: globals, descriptors: descriptors, unwindDataAddress: unwindDataAddress)
     }
 }
 

@@ -32,7 +32,7 @@ struct CheckpointDecoder {
                 }
                 guard pages.last.map({ $0.index < first }) ?? true else { throw CheckpointError.malformed("page runs out of order") }
                 for offset in 0..<count {
-                    pages.append(Checkpoint.Page(index: first + offset, bytes: Array(try reader.raw(Checkpoint.pageSize))))
+                    pages.append(Checkpoint.Page(index: first + offset, bytes: try reader.raw(Checkpoint.pageSize)))
                 }
             case .zeroPages:
                 let memoryPages = try requireHeader().memoryBytes / UInt64(Checkpoint.pageSize)

@@ -48,8 +48,7 @@ public struct CheckpointDirectory: Sendable {
             guard checkpoint.moduleHash == moduleHash else {
                 throw .malformed("checkpoint \(number) belongs to module \(checkpoint.moduleHash.prefix(16)), not \(moduleHash.prefix(16))")
             }
-            if checkpoint.kind == .full { state = nil }
-            state = try checkpoint.apply(to: state)
+            try checkpoint.apply(onto: &state)
             logPosition = checkpoint.logPosition
         }
         guard let state else { throw .malformed("no full checkpoint before \(target)") }

@@ -1,4 +1,5 @@
 import Foundation
+import UnderstudyCore
 
 /// Checkpoints on disk. Written to a temporary name, flushed, renamed only when complete, and
 /// the directory flushed too: a crash mid-write leaves the previous checkpoint usable.
@@ -9,19 +10,10 @@ public enum CheckpointFile {
         let directory = url.deletingLastPathComponent().path
         let fd = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .unreadable("cannot create \(temporary.path): \(String(cString: strerror(errno)))") }
-        var written = 0
-        let complete = bytes.withUnsafeBytes { buffer -> Bool in
-            while written < buffer.count {
-                let result = Foundation.write(fd, buffer.baseAddress! + written, buffer.count - written)
-                if result < 0 && errno == EINTR { continue }
-                if result <= 0 { return false }
-                written += result
-            }
-            return fsync(fd) == 0
-        }
-        let reason = String(cString: strerror(errno))
+        let failure = bytes.withUnsafeBytes { FileDescriptorWriting.writeAll(fd, $0) } ?? (fsync(fd) == 0 ? nil : errno)
         close(fd)
-        guard complete, rename(temporary.path, url.path) == 0 else {
+        guard failure == nil, rename(temporary.path, url.path) == 0 else {
+            let reason = String(cString: strerror(failure ?? errno))
             unlink(temporary.path)
             throw .unreadable("cannot write \(url.path): \(reason)")
         }

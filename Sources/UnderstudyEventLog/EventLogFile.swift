@@ -1,4 +1,5 @@
 import Foundation
+import UnderstudyCore
 
 /// The event log on disk, `events.log` beside the checkpoints. Batches are appended with one
 /// write each, so a process killed between batches leaves whole records; a cut or damaged record
@@ -25,17 +26,9 @@ public final class EventLogFile: EventLogSink, @unchecked Sendable {
     }
 
     private func writeAll(_ bytes: [UInt8]) throws(EventLogError) {
-        var written = 0
-        let failure = bytes.withUnsafeBytes { buffer -> Int32? in
-            while written < buffer.count {
-                let result = Foundation.write(fd, buffer.baseAddress! + written, buffer.count - written)
-                if result < 0 && errno == EINTR { continue }
-                if result <= 0 { return errno }
-                written += result
-            }
-            return nil
+        if let failure = bytes.withUnsafeBytes({ FileDescriptorWriting.writeAll(fd, $0) }) {
+            throw .unreadable("cannot write \(url.path): \(String(cString: strerror(failure)))")
         }
-        if let failure { throw .unreadable("cannot write \(url.path): \(String(cString: strerror(failure)))") }
     }
 
     public static func read(_ url: URL) throws(EventLogError) -> EventLog {

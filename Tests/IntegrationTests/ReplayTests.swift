@@ -104,6 +104,28 @@ final class ReplayTests: XCTestCase {
         }
     }
 
+    /// A restored machine records afresh (`restore --record`), and that recording replays too.
+    func testRestoredMachineRecordsAReplayableRecording() throws {
+        let first = try recordDriveAndVerify("kv", minimumOutput: 50 * 5) { port in
+            for index in 0..<50 {
+                XCTAssertEqual(try Harness.run("redis-cli", ["-p", "\(port)", "set", "k\(index)", "v\(index)"]).status, 0)
+            }
+        }
+        let second = recording()
+        let restored = try ServedGuest(
+            "kv", options: ["--from", first.path, "--record", second.path, "--checkpoint-every", "50ms"], subcommand: "restore",
+            guestArguments: nil)
+        waitForCheckpoints(second, more: 1)
+        let outcome = try Harness.run("redis-cli", ["-p", "\(restored.port)", "get", "k49"])
+        XCTAssertEqual(outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "v49")
+        XCTAssertEqual(try Harness.run("redis-benchmark", ["-p", "\(restored.port)", "-t", "incr", "-n", "2000", "-q"]).status, 0)
+        waitForCheckpoints(second)
+        restored.stop()
+        let replayed = try replay(second)
+        XCTAssertEqual(replayed.status, 0, replayed.stderr)
+        XCTAssertTrue(replayed.stdout.contains("checkpoints verified"), replayed.stdout)
+    }
+
     func testDamagedEventLogIsRefusedWithItsReason() throws {
         let directory = try recordDriveAndVerify("echo", minimumOutput: 100) { port in
             let connection = try LineClient(port: port)

@@ -1,19 +1,5 @@
 import UnderstudyCore
 
-/// A deterministic pseudo-random generator (SplitMix64): one seed, one run.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func chance(_ probability: Double) -> Bool { Double.random(in: 0..<1, using: &self) < probability }
-}
-
 /// A world of several clients that arrive, send their byte streams in random pieces, and hang
 /// up; every answer (partial sends, would-block, readiness, clock steps, entropy) and every
 /// suspension point is drawn from one seed. Suspensions come both inside waits and as requests

@@ -33,3 +33,6 @@ int understudy_uffd_track(int uffd, void *start, uint64_t length);
 // in the same step; returns how many, or a negative errno.
 long understudy_pagemap_scan(int pagemap, void *start, uint64_t length, struct understudy_page_range *ranges,
                              uint64_t capacity);
+
+// CRC-32C of `count` bytes, continuing from `previous` (0 to start): SSE4.2 where available.
+uint32_t understudy_crc32c(uint32_t previous, const void *bytes, size_t count);

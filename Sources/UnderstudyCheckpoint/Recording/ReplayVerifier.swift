@@ -66,7 +66,7 @@ public struct ReplayVerifier {
             configuration: MachineConfiguration(
                 arguments: manifest.arguments, environment: manifest.environment, listenerCount: manifest.listenerCount))
 
-        var expected = initial
+        var expected: MachineState? = initial
         var later = sequences.filter { $0 > first }[...]
         var upcoming = try later.popFirst().map { ($0, try directory.checkpoint($0)) }
         var verified = 0
@@ -79,8 +79,8 @@ public struct ReplayVerifier {
                         "checkpoint \(sequence) at log position \(checkpoint.logPosition) was never reached: the replayed guest suspended at \(world.position - 1), past it")
                     throw failure!
                 }
-                expected = try checkpoint.apply(to: expected)
-                if let difference = try machine.captureState().firstDifference(from: expected) {
+                try checkpoint.apply(onto: &expected)
+                if let difference = try machine.captureState().firstDifference(from: expected!) {
                     failure = .divergence("divergence at checkpoint \(sequence) (log position \(checkpoint.logPosition)): \(difference)")
                     throw failure!
                 }

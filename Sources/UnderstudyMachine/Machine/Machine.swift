@@ -1,3 +1,4 @@
+import Metrics
 import UnderstudyCore
 import WasmKit
 
@@ -49,6 +50,8 @@ public final class Machine {
     /// True only inside `onSuspended`, when memory and globals are a consistent whole.
     private var isSuspended = false
     public private(set) var statistics = SuspensionStatistics()
+    /// The same pauses, for whatever metrics backend the process bootstrapped (issue 4: Prometheus).
+    private let pauseTimer = Metrics.Timer(label: "understudy_suspension_pause")
 
     /// Runs with the guest suspended (its stack unwound into memory): the point where a
     /// checkpoint reads the machine state.
@@ -214,5 +217,6 @@ extension Machine: HostCallSuspension {
         statistics.count += 1
         statistics.totalPauseNanos += nanos
         statistics.maxPauseNanos = max(statistics.maxPauseNanos, nanos)
+        pauseTimer.recordNanoseconds(Int64(clamping: nanos))
     }
 }
