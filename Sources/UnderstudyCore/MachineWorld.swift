@@ -27,11 +27,13 @@ public protocol MachineWorld: AnyObject {
     /// Console output (the guest's stdout and stderr): output, never input.
     func console(_ stream: ConsoleStream, bytes: UnsafeRawBufferPointer)
 
-    /// Asked at the start of every host call that can suspend. Replay answers true where the
-    /// recorded run suspended, so the replayed guest unwinds at the same point and its memory
-    /// (the unwind buffer included) stays identical. A live world answers false: its
-    /// suspensions come from the `SuspensionRequest`.
-    func suspensionIsRecordedHere() -> Bool
+    /// Told at the start of every host call that can suspend (not when one resumes after a
+    /// rewind), before the machine decides whether to suspend there. Replay answers true where
+    /// the recorded run suspended, so the replayed guest unwinds at the same call and its memory
+    /// (the unwind buffer included) stays identical; a recording counts these calls to say
+    /// where that was, since some of them ask the world nothing. A live world answers false:
+    /// its suspensions come from the `SuspensionRequest`.
+    func hostCallEntered() -> Bool
 
     /// The guest is about to unwind at this host call. A recording logs it (see above).
     func guestWillSuspend()
@@ -43,7 +45,7 @@ public protocol MachineWorld: AnyObject {
 }
 
 extension MachineWorld {
-    public func suspensionIsRecordedHere() -> Bool { false }
+    public func hostCallEntered() -> Bool { false }
     public func guestWillSuspend() {}
     public var haltReason: String? { nil }
 }

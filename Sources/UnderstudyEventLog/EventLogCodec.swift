@@ -87,7 +87,8 @@ public enum EventLogCodec {
             w.u32(length)
             w.u32(digest)
             return 10
-        case .suspended:
+        case .suspended(let hostCalls):
+            w.u32(hostCalls)
             return 11
         }
     }

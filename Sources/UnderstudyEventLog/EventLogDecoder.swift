@@ -159,7 +159,7 @@ private struct RecordReader {
             guard let stream = ConsoleStream(rawValue: try r.u8()) else { throw bad("unknown console stream") }
             return .console(stream, length: try r.u32(), digest: try r.u32())
         case 11:
-            return .suspended
+            return .suspended(hostCalls: try r.u32())
         default:
             throw bad("unknown entry type \(type)")
         }

@@ -16,8 +16,11 @@ public enum EventLogEntry: Equatable, Sendable {
     /// An interrupted poll is never logged: the guest unwinds instead (`suspended`).
     case poll(interests: UInt32, PollOutcome)
     case console(ConsoleStream, length: UInt32, digest: UInt32)
-    /// The guest unwound here; replay unwinds at the same point. Checkpoints follow one.
-    case suspended
+    /// The guest unwound here; replay unwinds at the same point. `hostCalls` counts the
+    /// suspendable host calls entered since the previous entry, this one included (0: the
+    /// call that logged the previous entry, inside its wait), because calls like `sched_yield`
+    /// ask the world nothing and so leave no entry of their own. Checkpoints follow one.
+    case suspended(hostCalls: UInt32)
 
     /// What a divergence message calls this kind of entry.
     public var kind: String {

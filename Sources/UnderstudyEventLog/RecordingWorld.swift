@@ -18,6 +18,8 @@ public final class RecordingWorld: MachineWorld {
     /// The log position the next entry gets; a checkpoint taken now corresponds to it.
     public private(set) var position: UInt64
     public private(set) var haltReason: String?
+    /// Suspendable host calls entered since the last entry (see `EventLogEntry.suspended`).
+    private var hostCallsSinceEntry: UInt32 = 0
 
     public init(recording inner: MachineWorld, to sink: EventLogSink, startingAt position: UInt64 = 0, batchBytes: Int = 1 << 20) {
         self.inner = inner
@@ -35,6 +37,7 @@ public final class RecordingWorld: MachineWorld {
     private func log(_ entry: EventLogEntry) {
         EventLogCodec.append(entry, sequence: position, to: &pending)
         position += 1
+        hostCallsSinceEntry = 0
         guard pending.bytes.count >= batchBytes, haltReason == nil else { return }
         do {
             try flush()
@@ -103,8 +106,13 @@ public final class RecordingWorld: MachineWorld {
         log(.console(stream, length: UInt32(bytes.count), digest: OutputDigest.of(bytes)))
     }
 
+    public func hostCallEntered() -> Bool {
+        hostCallsSinceEntry += 1
+        return inner.hostCallEntered()
+    }
+
     public func guestWillSuspend() {
-        log(.suspended)
+        log(.suspended(hostCalls: hostCallsSinceEntry))
     }
 }
 

@@ -11,6 +11,8 @@ public final class ReplayWorld: MachineWorld {
     public private(set) var position: Int
     public private(set) var divergence: String?
     public private(set) var reachedEnd = false
+    /// Suspendable host calls entered since the last entry consumed (see `EventLogEntry.suspended`).
+    private var hostCallsSinceEntry: UInt32 = 0
     /// Output bytes checked against the recording.
     public private(set) var verifiedOutputBytes: UInt64 = 0
 
@@ -33,7 +35,10 @@ public final class ReplayWorld: MachineWorld {
             reachedEnd = true
             return nil
         }
-        defer { position += 1 }
+        defer {
+            position += 1
+            hostCallsSinceEntry = 0
+        }
         return entries[position]
     }
 
@@ -124,7 +129,7 @@ public final class ReplayWorld: MachineWorld {
 
     public func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
         // A wait the recording interrupted for a suspension: unwind here too, without consuming.
-        if suspensionIsRecordedHere() { return .interrupted }
+        if suspensionIsNext { return .interrupted }
         let entry = next("poll")
         guard case .poll(let count, let outcome) = entry, count == interests.count else {
             diverged("a poll of \(interests.count) descriptors", entry)
@@ -140,12 +145,23 @@ public final class ReplayWorld: MachineWorld {
         verifiedOutputBytes += UInt64(length)
     }
 
-    public func suspensionIsRecordedHere() -> Bool {
-        haltReason == nil && position < entries.count && entries[position] == .suspended
+    /// The recording suspended at this point: the next entry is a suspension, and as many
+    /// host calls have been entered since the last entry as when it was recorded.
+    private var suspensionIsNext: Bool {
+        guard haltReason == nil, position < entries.count, case .suspended(let calls) = entries[position] else { return false }
+        return calls == hostCallsSinceEntry
+    }
+
+    public func hostCallEntered() -> Bool {
+        hostCallsSinceEntry += 1
+        return suspensionIsNext
     }
 
     public func guestWillSuspend() {
+        let calls = hostCallsSinceEntry
         let entry = next("a suspension")
-        guard entry == .suspended else { return diverged("a suspension", entry) }
+        guard entry == .suspended(hostCalls: calls) else {
+            return diverged("a suspension after \(calls) host calls", entry)
+        }
     }
 }

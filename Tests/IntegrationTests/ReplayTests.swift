@@ -104,6 +104,27 @@ final class ReplayTests: XCTestCase {
         }
     }
 
+    /// Guests without a listener run to their exit; the replay ends with the same exit and the
+    /// same console output. `cpu` makes no host call until it prints its result, so its only
+    /// checkpoint is there; `pagetouch` suspends after every round.
+    func testGuestsThatRunToTheirExitReplayToIt() throws {
+        for (guest, arguments, minimumVerified) in [("pagetouch", ["4", "50", "3000"], 5), ("cpu", ["1"], 0)] {
+            let directory = recording()
+            let run = try Harness.run(
+                Harness.binary, ["run", try Harness.guest(guest), "--record", directory.path, "--checkpoint-every", "1ms", "--"] + arguments,
+                environment: ["UNDERSTUDY_CACHE": Harness.cache])
+            XCTAssertEqual(run.status, 0, "\(guest): \(run.stderr)")
+            XCTAssertGreaterThan(checkpointCount(directory), 0, "\(guest) was never suspended")
+            let outcome = try replay(directory)
+            XCTAssertEqual(outcome.status, 0, "\(guest): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stdout.contains("the guest exited with 0"), "\(guest): \(outcome.stdout)")
+            let verified = Int(outcome.stdout.firstMatch(of: /checkpoints verified: (\d+)/)?.1 ?? "") ?? -1
+            let output = Int(outcome.stdout.firstMatch(of: /outputs match: (\d+) bytes/)?.1 ?? "") ?? 0
+            XCTAssertGreaterThanOrEqual(verified, minimumVerified, "\(guest): \(outcome.stdout)")
+            XCTAssertEqual(output, run.stdout.utf8.count, "\(guest): the replay checked every byte it printed")
+        }
+    }
+
     /// A restored machine records afresh (`restore --record`), and that recording replays too.
     func testRestoredMachineRecordsAReplayableRecording() throws {
         let first = try recordDriveAndVerify("kv", minimumOutput: 50 * 5) { port in

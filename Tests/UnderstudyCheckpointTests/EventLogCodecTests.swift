@@ -16,7 +16,7 @@ final class EventLogCodecTests: XCTestCase {
         .send(ConnectionID(77), offered: 5, digest: 1, result: .failed(errno: 32)),
         .shutdown(ConnectionID(77), reading: false, writing: true), .closeConnection(ConnectionID(77)), .closeListener(ListenerID(2)),
         .poll(interests: 3, .ready([.init(interest: 0, readable: true, writable: false, hangup: false), .init(interest: 2, readable: false, writable: true, hangup: true)])),
-        .poll(interests: 1, .timedOut), .poll(interests: 4, .failed(errno: 12)), .console(.stderr, length: 9, digest: 42), .suspended,
+        .poll(interests: 1, .timedOut), .poll(interests: 4, .failed(errno: 12)), .console(.stderr, length: 9, digest: 42), .suspended(hostCalls: 0), .suspended(hostCalls: 7),
     ]
 
     private func encoded(_ entries: [EventLogEntry]) -> [UInt8] {
@@ -36,10 +36,12 @@ final class EventLogCodecTests: XCTestCase {
         let world = RecordingWorld(recording: FixedWorld(), to: sink, batchBytes: 40)
         for _ in 0..<10 { _ = world.clockNow(.monotonic) }
         XCTAssertGreaterThan(sink.bytes.count, EventLogCodec.header(moduleHash: moduleHash).count, "a full batch goes out unasked")
+        _ = world.hostCallEntered()
+        _ = world.hostCallEntered()
         world.guestWillSuspend()
         try world.flush()
         let log = try EventLogCodec.decode(sink.bytes)
-        XCTAssertEqual(log.entries, Array(repeating: .clock(.monotonic, 99), count: 10) + [.suspended])
+        XCTAssertEqual(log.entries, Array(repeating: .clock(.monotonic, 99), count: 10) + [.suspended(hostCalls: 2)])
         XCTAssertEqual(world.position, 11)
     }
 
@@ -81,11 +83,11 @@ final class EventLogCodecTests: XCTestCase {
             XCTAssertEqual(error as? EventLogError, .unsupportedVersion(9))
         }
         var records = ByteWriter()
-        EventLogCodec.append(.suspended, sequence: 4, to: &records)
+        EventLogCodec.append(.suspended(hostCalls: 1), sequence: 4, to: &records)
         XCTAssertThrowsError(try EventLogCodec.decodeRecords(records.bytes[...], first: 5)) { error in
             XCTAssertEqual(error as? EventLogError, .outOfSequence(expected: 5, found: 4, offset: 0))
         }
-        XCTAssertEqual(try EventLogCodec.decodeRecords(records.bytes[...], first: 4), [.suspended])
+        XCTAssertEqual(try EventLogCodec.decodeRecords(records.bytes[...], first: 4), [.suspended(hostCalls: 1)])
     }
 
     func testReplayWorldAnswersFromTheLogAndNamesADivergence() {
@@ -101,10 +103,12 @@ final class EventLogCodecTests: XCTestCase {
     }
 
     func testReplayWorldHaltsAtTheEndOfTheLog() {
-        let world = ReplayWorld(entries: [.suspended], startingAt: 0)
-        XCTAssertTrue(world.suspensionIsRecordedHere())
+        // Recorded: a call that asked the world nothing, then a suspension at the next call.
+        let world = ReplayWorld(entries: [.suspended(hostCalls: 2)], startingAt: 0)
+        XCTAssertFalse(world.hostCallEntered(), "the first call is not where the recording suspended")
+        XCTAssertTrue(world.hostCallEntered())
         world.guestWillSuspend()
-        XCTAssertFalse(world.suspensionIsRecordedHere())
+        XCTAssertFalse(world.hostCallEntered())
         XCTAssertNil(world.haltReason)
         _ = world.clockNow(.realtime)
         XCTAssertTrue(world.reachedEnd)

@@ -40,6 +40,13 @@ final class SeededTrafficWorld: MachineWorld {
         if random.chance(0.08) { suspension.request() }
     }
 
+    /// Sometimes asks for a suspension right at this call, as a timer could fire at any host
+    /// call — including those that ask the world nothing (`sched_yield`, console-only polls).
+    func hostCallEntered() -> Bool {
+        if random.chance(0.04) { suspension.request() }
+        return false
+    }
+
     func clockNow(_ clock: WorldClock) -> UInt64 {
         maybeRequestSuspension()
         self.clock += UInt64.random(in: 1...5_000_000, using: &random)

@@ -192,7 +192,8 @@ extension Machine: HostCallSuspension {
             recordPause()
             return false
         }
-        if suspension.isPending || (mayBlock && configuration.suspendAtEveryBlock) || host.world.suspensionIsRecordedHere() {
+        let recordedHere = host.world.hostCallEntered()
+        if recordedHere || suspension.isPending || (mayBlock && configuration.suspendAtEveryBlock) {
             try beginUnwind()
             return true
         }
