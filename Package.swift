@@ -4,10 +4,10 @@ import PackageDescription
 // Layers, one direction of dependency:
 //   UnderstudyCore (values, the world seam; no engine)
 //   → UnderstudyMachine (WasmKit, devices, module preparation)
-//   UnderstudyEventLog (the world's answers as a log: record, replay; no engine)
-//   → UnderstudyCheckpoint (checkpoints, recordings, replay verification)
-//   → UnderstudyReplication (never imports WasmKit)
-//   → understudy (command line)
+//   UnderstudyEventLog (Core only: the world's answers as a log, record and replay)
+//   → UnderstudyCheckpoint (Machine + EventLog: checkpoints, recordings, replay verification)
+//   UnderstudyReplication (Core + EventLog only, never WasmKit: wire protocol, modes)
+//   → understudy (command line: joins machine, checkpoints and replication)
 let package = Package(
     name: "Understudy",
     platforms: [.macOS(.v15)],
@@ -39,7 +39,7 @@ let package = Package(
                 "UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog", .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyCheckpoint"]),
+        .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyEventLog"]),
         .executableTarget(
             name: "understudy",
             dependencies: [
@@ -56,6 +56,7 @@ let package = Package(
             dependencies: ["UnderstudyCore", "UnderstudyMachine", "UnderstudyCheckpoint"]
         ),
         .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
+        .testTarget(name: "UnderstudyReplicationTests", dependencies: ["UnderstudyReplication", "UnderstudyCore"]),
         .testTarget(
             name: "UnderstudyCheckpointTests",
             dependencies: ["UnderstudyCheckpoint", "UnderstudyEventLog", "UnderstudyMachine", "UnderstudyCore"]

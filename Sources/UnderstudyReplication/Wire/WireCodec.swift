@@ -1,0 +1,188 @@
+import UnderstudyCore
+
+/// Frames on the replication connection: `sequence u64 | type u8 | length u32 | header CRC-32C |
+/// payload | payload CRC-32C`. The header has its own checksum so that a damaged length is caught
+/// before the receiver waits for bytes that will never come. Sequence numbers count the frames
+/// one side has sent, from 0, so a lost, repeated or reordered frame is caught where it arrives.
+public enum WireCodec {
+    public static let protocolVersion: UInt16 = 1
+    static let headerBytes = 8 + 1 + 4 + 4
+    static let trailerBytes = 4
+
+    public static func encode(_ message: WireMessage, sequence: UInt64) -> [UInt8] {
+        var payload = ByteWriter()
+        let type = encodePayload(message, into: &payload)
+        var frame = ByteWriter()
+        frame.u64(sequence)
+        frame.u8(type)
+        frame.u32(UInt32(payload.bytes.count))
+        frame.u32(frame.bytes.withUnsafeBytes { CRC32C.checksum($0) })
+        frame.raw(payload.bytes)
+        frame.u32(payload.bytes.withUnsafeBytes { CRC32C.checksum($0) })
+        return frame.bytes
+    }
+
+    private static func encodePayload(_ message: WireMessage, into w: inout ByteWriter) -> UInt8 {
+        switch message {
+        case .hello(let hello):
+            w.u16(hello.protocolVersion)
+            w.u8(hello.mode.rawValue)
+            w.string(hello.moduleHash)
+            return 1
+        case .welcome:
+            return 2
+        case .refusal(let reason):
+            w.raw(reason.utf8)
+            return 3
+        case .module(let bytes):
+            w.raw(bytes)
+            return 4
+        case .checkpoint(let epoch, let bytes):
+            w.u64(epoch)
+            w.raw(bytes)
+            return 5
+        case .logRecords(let first, let bytes):
+            w.u64(first)
+            w.raw(bytes)
+            return 6
+        case .checkpointApplied(let epoch):
+            w.u64(epoch)
+            return 7
+        case .logHeld(let position):
+            w.u64(position)
+            return 8
+        case .heartbeat:
+            return 9
+        }
+    }
+
+    static func decodePayload(type: UInt8, _ payload: ArraySlice<UInt8>) throws(WireError) -> WireMessage {
+        var r = ByteReader(payload)
+        let message: WireMessage
+        do {
+            switch type {
+            case 1:
+                let version = try r.u16()
+                guard let mode = ReplicationMode(rawValue: try r.u8()) else { throw WireError.malformed("hello names an unknown mode") }
+                message = .hello(.init(protocolVersion: version, mode: mode, moduleHash: try r.string()))
+            case 2: message = .welcome
+            case 3: message = .refusal(String(decoding: try r.raw(payload.count), as: UTF8.self))
+            case 4: message = .module(Array(try r.raw(payload.count)))
+            case 5:
+                let epoch = try r.u64()
+                message = .checkpoint(epoch: epoch, bytes: Array(try r.raw(payload.count - 8)))
+            case 6:
+                let first = try r.u64()
+                message = .logRecords(first: first, bytes: Array(try r.raw(payload.count - 8)))
+            case 7: message = .checkpointApplied(epoch: try r.u64())
+            case 8: message = .logHeld(position: try r.u64())
+            case 9: message = .heartbeat
+            default: throw WireError.unknownType(type)
+            }
+        } catch let error as WireError {
+            throw error
+        } catch {
+            throw .malformed("a \(Self.name(of: type)) frame is too short")
+        }
+        guard r.isAtEnd else { throw .malformed("a \(message.kind) frame has trailing bytes") }
+        return message
+    }
+
+    private static let typeNames = [
+        "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
+    ]
+
+    private static func name(of type: UInt8) -> String {
+        (1...typeNames.count).contains(Int(type)) ? typeNames[Int(type) - 1] : "type \(type)"
+    }
+}
+
+public enum WireError: Error, Equatable, CustomStringConvertible {
+    case corruptHeader(sequence: UInt64)
+    case corruptFrame(sequence: UInt64)
+    case outOfOrder(expected: UInt64, found: UInt64)
+    case unknownType(UInt8)
+    case tooLarge(bytes: UInt64, limit: Int)
+    case malformed(String)
+
+    public var description: String {
+        switch self {
+        case .corruptHeader(let sequence): return "the header of frame \(sequence) fails its checksum"
+        case .corruptFrame(let sequence): return "frame \(sequence) fails its checksum"
+        case .outOfOrder(let expected, let found): return "frame \(found) arrived where frame \(expected) was due"
+        case .unknownType(let type): return "unknown frame type \(type)"
+        case .tooLarge(let bytes, let limit): return "a frame of \(bytes) bytes exceeds the limit of \(limit)"
+        case .malformed(let reason): return "malformed frame: \(reason)"
+        }
+    }
+}
+
+/// Reassembles frames from the byte stream as it arrives, in any pieces. The first bad frame
+/// throws, and the decoder then refuses everything: the connection is to be closed, and nothing
+/// decoded after the damage is ever handed on.
+public struct WireDecoder: Sendable {
+    /// Bounds what one frame can make the receiver buffer.
+    public let maximumPayload: Int
+    private var buffered: [UInt8] = []
+    private var expected: UInt64 = 0
+    private var failure: WireError?
+
+    public init(maximumPayload: Int = Int(UInt32.max)) {
+        self.maximumPayload = maximumPayload
+    }
+
+    public mutating func append<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
+        buffered.append(contentsOf: bytes)
+    }
+
+    /// The next whole frame, nil until one has arrived.
+    public mutating func next() throws(WireError) -> WireMessage? {
+        if let failure { throw failure }
+        do {
+            return try decodeNext()
+        } catch {
+            failure = error
+            buffered = []
+            throw error
+        }
+    }
+
+    private mutating func decodeNext() throws(WireError) -> WireMessage? {
+        guard buffered.count >= WireCodec.headerBytes else { return nil }
+        var header = ByteReader(buffered[..<WireCodec.headerBytes])
+        let (sequence, type, length, headerCRC): (UInt64, UInt8, UInt32, UInt32)
+        do {
+            (sequence, type, length, headerCRC) = (try header.u64(), try header.u8(), try header.u32(), try header.u32())
+        } catch {
+            return nil  // not reachable: the header is all there
+        }
+        let headerComputed = buffered.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(WireCodec.headerBytes - 4)])) }
+        guard headerCRC == headerComputed else { throw .corruptHeader(sequence: expected) }
+        guard sequence == expected else { throw .outOfOrder(expected: expected, found: sequence) }
+        guard Int(length) <= maximumPayload else { throw .tooLarge(bytes: UInt64(length), limit: maximumPayload) }
+        let total = WireCodec.headerBytes + Int(length) + WireCodec.trailerBytes
+        guard buffered.count >= total else { return nil }
+        var trailer = ByteReader(buffered[(total - 4)..<total])
+        let stored = try? trailer.u32()
+        let computed = buffered.withUnsafeBytes {
+            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[WireCodec.headerBytes..<(total - 4)]))
+        }
+        guard stored == computed else { throw .corruptFrame(sequence: expected) }
+        let message = try WireCodec.decodePayload(type: type, buffered[WireCodec.headerBytes..<total - 4])
+        buffered.removeFirst(total)
+        expected += 1
+        return message
+    }
+}
+
+/// Numbers the frames one side sends.
+public struct WireEncoder: Sendable {
+    public private(set) var sent: UInt64 = 0
+
+    public init() {}
+
+    public mutating func encode(_ message: WireMessage) -> [UInt8] {
+        defer { sent += 1 }
+        return WireCodec.encode(message, sequence: sent)
+    }
+}

@@ -1,0 +1,101 @@
+import UnderstudyCore
+import XCTest
+
+@testable import UnderstudyReplication
+
+final class WireCodecTests: XCTestCase {
+    private let messages: [WireMessage] = [
+        .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32))), .welcome, .refusal("wrong module"),
+        .module(Array(0..<200)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
+        .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,
+    ]
+
+    private func stream(_ messages: [WireMessage]) -> [UInt8] {
+        var encoder = WireEncoder()
+        return messages.flatMap { encoder.encode($0) }
+    }
+
+    /// Everything decoded from `bytes` fed in pieces, until the stream ends or a frame is refused.
+    private func decodeAll(_ bytes: [UInt8], pieces: Int = 1, maximumPayload: Int = Int(UInt32.max)) -> ([WireMessage], WireError?) {
+        var decoder = WireDecoder(maximumPayload: maximumPayload)
+        var decoded: [WireMessage] = []
+        var offset = 0
+        let step = max(1, bytes.count / pieces)
+        while offset < bytes.count {
+            decoder.append(bytes[offset..<min(offset + step, bytes.count)])
+            offset += step
+            do {
+                while let message = try decoder.next() { decoded.append(message) }
+            } catch {
+                return (decoded, error)
+            }
+        }
+        return (decoded, nil)
+    }
+
+    func testEveryMessageRoundTripsWhateverPiecesItArrivesIn() {
+        let bytes = stream(messages)
+        for pieces in [1, 2, 7, 100, bytes.count] {
+            let (decoded, error) = decodeAll(bytes, pieces: pieces)
+            XCTAssertNil(error)
+            XCTAssertEqual(decoded, messages, "in \(pieces) pieces")
+        }
+    }
+
+    func testEveryFlippedByteIsRefusedAndNothingAfterItIsHandedOn() {
+        let bytes = stream(messages)
+        var random = SeededGenerator(seed: 3)
+        for _ in 0..<500 {
+            var damaged = bytes
+            let offset = Int.random(in: 0..<bytes.count, using: &random)
+            damaged[offset] ^= UInt8.random(in: 1...255, using: &random)
+            let (decoded, error) = decodeAll(damaged, pieces: 3)
+            XCTAssertNotNil(error, "a flip at byte \(offset) went unnoticed")
+            XCTAssertEqual(decoded, Array(messages.prefix(decoded.count)), "a message before the damage changed")
+            XCTAssertLessThan(decoded.count, messages.count)
+        }
+    }
+
+    func testACutStreamWaitsForTheRestAndHandsOnOnlyWholeFrames() {
+        let bytes = stream(messages)
+        for length in stride(from: 0, to: bytes.count, by: 37) {
+            let (decoded, error) = decodeAll(Array(bytes[..<length]))
+            XCTAssertNil(error)
+            XCTAssertEqual(decoded, Array(messages.prefix(decoded.count)))
+            XCTAssertLessThan(decoded.count, messages.count)
+        }
+    }
+
+    func testOutOfOrderUnknownAndOversizedFramesAreRefusedByName() throws {
+        let skipped = WireCodec.encode(.heartbeat, sequence: 0) + WireCodec.encode(.heartbeat, sequence: 2)
+        XCTAssertEqual(decodeAll(skipped).1, .outOfOrder(expected: 1, found: 2))
+
+        var unknown = WireCodec.encode(.heartbeat, sequence: 0)
+        unknown[8] = 77  // the type; both checksums are then recomputed, as a buggy peer would
+        let headerCRC = unknown.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<13])) }
+        withUnsafeBytes(of: headerCRC.littleEndian) { unknown.replaceSubrange(13..<17, with: $0) }
+        XCTAssertEqual(decodeAll(unknown).1, .unknownType(77))
+
+        let big = WireCodec.encode(.module(Array(repeating: 1, count: 100)), sequence: 0)
+        XCTAssertEqual(decodeAll(big, maximumPayload: 16).1, .tooLarge(bytes: 100, limit: 16))
+    }
+
+    func testAHelloWithAnUnknownModeIsMalformed() {
+        var hello = WireCodec.encode(.hello(.init(mode: .remus, moduleHash: "ab")), sequence: 0)
+        hello[17 + 2] = 9  // the mode byte, after the 17-byte header and the 2-byte version
+        let payloadEnd = hello.count - 4
+        let crc = hello.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[17..<payloadEnd])) }
+        withUnsafeBytes(of: crc.littleEndian) { hello.replaceSubrange(payloadEnd..., with: $0) }
+        XCTAssertEqual(decodeAll(hello).1, .malformed("hello names an unknown mode"))
+    }
+
+    func testAfterARefusedFrameTheDecoderRefusesEverything() throws {
+        var decoder = WireDecoder()
+        var damaged = WireCodec.encode(.heartbeat, sequence: 0)
+        damaged[damaged.count - 1] ^= 1
+        decoder.append(damaged)
+        XCTAssertThrowsError(try decoder.next())
+        decoder.append(WireCodec.encode(.heartbeat, sequence: 1))
+        XCTAssertThrowsError(try decoder.next(), "a connection that sent a bad frame is not read further")
+    }
+}
