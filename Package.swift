@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", exact: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
     ],
     targets: [
         .target(name: "CUnderstudyHost"),
@@ -39,7 +40,15 @@ let package = Package(
                 "UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog", .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
-        .target(name: "UnderstudyReplication", dependencies: ["UnderstudyCore", "UnderstudyEventLog"]),
+        .target(
+            name: "UnderstudyReplication",
+            dependencies: [
+                "UnderstudyCore", "UnderstudyEventLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "understudy",
             dependencies: [
@@ -56,7 +65,14 @@ let package = Package(
             dependencies: ["UnderstudyCore", "UnderstudyMachine", "UnderstudyCheckpoint"]
         ),
         .testTarget(name: "UnderstudyCoreTests", dependencies: ["UnderstudyCore"]),
-        .testTarget(name: "UnderstudyReplicationTests", dependencies: ["UnderstudyReplication", "UnderstudyCore"]),
+        .testTarget(
+            name: "UnderstudyReplicationTests",
+            dependencies: [
+                "UnderstudyReplication", "UnderstudyCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "UnderstudyCheckpointTests",
             dependencies: ["UnderstudyCheckpoint", "UnderstudyEventLog", "UnderstudyMachine", "UnderstudyCore"]

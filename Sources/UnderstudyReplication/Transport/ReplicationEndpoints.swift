@@ -1,0 +1,130 @@
+import Logging
+import NIOCore
+import NIOPosix
+import UnderstudyCore
+
+/// The backup's side: listens for one primary at a time, answers its hello with `welcome` or a
+/// `refusal` (and closes), then hands every later message to `onMessage` on the channel's event
+/// loop. Issue 4's backup session (staging, applying, promotion) sits behind `onMessage`.
+public final class ReplicationListener: Sendable {
+    public let localAddress: SocketAddress
+    private let channel: Channel
+
+    public static func bind(
+        _ address: ServiceAddress, group: EventLoopGroup, logger: Logger,
+        onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in }
+    ) async throws -> ReplicationListener {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { child in
+                child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
+                    try child.pipeline.syncOperations.addHandler(BackupHandshakeHandler(logger: logger, onMessage: onMessage))
+                }
+            }
+            .bind(host: address.host, port: Int(address.port)).get()
+        guard let local = channel.localAddress else { throw ChannelError.unknownLocalAddress }
+        return ReplicationListener(channel: channel, localAddress: local)
+    }
+
+    private init(channel: Channel, localAddress: SocketAddress) {
+        self.channel = channel
+        self.localAddress = localAddress
+    }
+
+    public func close() async throws { try await channel.close() }
+}
+
+/// Answers the first message of a connection; passes the rest on once welcomed.
+final class BackupHandshakeHandler: ChannelInboundHandler {
+    typealias InboundIn = WireMessage
+    typealias OutboundOut = WireMessage
+
+    private let logger: Logger
+    private let onMessage: @Sendable (WireMessage, Channel) -> Void
+    private var welcomed = false
+
+    init(logger: Logger, onMessage: @escaping @Sendable (WireMessage, Channel) -> Void) {
+        self.logger = logger
+        self.onMessage = onMessage
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let message = unwrapInboundIn(data)
+        if welcomed { return onMessage(message, context.channel) }
+        guard case .hello(let hello) = message else { return refuse("expected a hello, got \(message.kind)", context) }
+        if let reason = Handshake.refusal(of: hello) { return refuse(reason, context) }
+        welcomed = true
+        logger.notice(
+            "primary connected",
+            metadata: ["mode": "\(hello.mode)", "module": "\(hello.moduleHash.prefix(16))"])
+        context.writeAndFlush(wrapOutboundOut(.welcome), promise: nil)
+    }
+
+    private func refuse(_ reason: String, _ context: ChannelHandlerContext) {
+        logger.warning("refusing a primary", metadata: ["reason": "\(reason)"])
+        context.writeAndFlush(wrapOutboundOut(.refusal(reason))).whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+public enum ReplicationConnectError: Error, CustomStringConvertible, Equatable {
+    case refused(String)
+    case closedDuringHandshake
+
+    public var description: String {
+        switch self {
+        case .refused(let reason): return "the backup refused: \(reason)"
+        case .closedDuringHandshake: return "the backup closed the connection during the handshake"
+        }
+    }
+}
+
+/// The primary's side: connects, says hello, and returns the channel once welcomed.
+public enum ReplicationConnector {
+    public static func connect(
+        to address: ServiceAddress, hello: WireMessage.Hello, group: EventLoopGroup, logger: Logger
+    ) async throws -> Channel {
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: address.host, port: Int(address.port)).get()
+        let answer = channel.eventLoop.makePromise(of: Void.self)
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
+            try channel.pipeline.syncOperations.addHandler(PrimaryHandshakeHandler(answer: answer))
+        }.get()
+        channel.writeAndFlush(WireMessage.hello(hello), promise: nil)
+        do {
+            try await answer.futureResult.get()
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return channel
+    }
+}
+
+/// Waits for the backup's answer to the hello.
+final class PrimaryHandshakeHandler: ChannelInboundHandler {
+    typealias InboundIn = WireMessage
+
+    private var answer: EventLoopPromise<Void>?
+
+    init(answer: EventLoopPromise<Void>) { self.answer = answer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let answer else { return context.fireChannelRead(data) }
+        self.answer = nil
+        switch unwrapInboundIn(data) {
+        case .welcome: answer.succeed()
+        case .refusal(let reason): answer.fail(ReplicationConnectError.refused(reason))
+        case let other: answer.fail(ReplicationConnectError.refused("expected welcome, got \(other.kind)"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        answer?.fail(ReplicationConnectError.closedDuringHandshake)
+        answer = nil
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,39 @@
+import Logging
+import NIOCore
+
+/// The bottom of a replication connection's pipeline: bytes in, `WireMessage`s out, and the
+/// reverse. The first damaged, reordered, unknown or oversized frame closes the connection with
+/// its reason logged; nothing after it reaches the handlers above (DESIGN.md, "Replication").
+final class WireFrameHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = WireMessage
+    typealias OutboundIn = WireMessage
+    typealias OutboundOut = ByteBuffer
+
+    private var decoder: WireDecoder
+    private var encoder = WireEncoder()
+    private let logger: Logger
+
+    init(logger: Logger, maximumPayload: Int = Int(UInt32.max)) {
+        self.logger = logger
+        decoder = WireDecoder(maximumPayload: maximumPayload)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if let bytes = buffer.readBytes(length: buffer.readableBytes) { decoder.append(bytes) }
+        do {
+            while let message = try decoder.next() { context.fireChannelRead(wrapInboundOut(message)) }
+        } catch {
+            logger.warning(
+                "closing the replication connection",
+                metadata: ["peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "reason": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = encoder.encode(unwrapOutboundIn(data))
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: promise)
+    }
+}

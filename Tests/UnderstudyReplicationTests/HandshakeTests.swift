@@ -1,0 +1,94 @@
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+import UnderstudyCore
+import XCTest
+
+@testable import UnderstudyReplication
+
+/// The handshake over real TCP on loopback: a backup listener and a primary connector in this
+/// process, plus a raw socket for a peer that sends garbage.
+final class HandshakeTests: XCTestCase {
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private let logger = Logger(label: "test")
+    private let hash = String(repeating: "ab", count: 32)
+
+    override func tearDown() async throws {
+        try await group.shutdownGracefully()
+    }
+
+    private func listener(onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in }) async throws
+        -> (ReplicationListener, ServiceAddress)
+    {
+        let listener = try await ReplicationListener.bind(
+            try ServiceAddress(parsing: "127.0.0.1:0"), group: group, logger: logger, onMessage: onMessage)
+        return (listener, try ServiceAddress(parsing: "127.0.0.1:\(listener.localAddress.port!)"))
+    }
+
+    func testAPrimaryIsWelcomedAndItsMessagesArrive() async throws {
+        let arrived = AsyncStream<WireMessage>.makeStream()
+        let (listener, address) = try await listener { message, _ in arrived.continuation.yield(message) }
+        let channel = try await ReplicationConnector.connect(
+            to: address, hello: .init(mode: .llm, moduleHash: hash), group: group, logger: logger)
+        try await channel.writeAndFlush(WireMessage.logRecords(first: 0, bytes: [1, 2, 3]))
+        try await channel.writeAndFlush(WireMessage.heartbeat)
+        var iterator = arrived.stream.makeAsyncIterator()
+        let first = await iterator.next()
+        let second = await iterator.next()
+        XCTAssertEqual(first, .logRecords(first: 0, bytes: [1, 2, 3]))
+        XCTAssertEqual(second, .heartbeat)
+        try await channel.close()
+        try await listener.close()
+    }
+
+    func testAWrongVersionModeOrHashIsRefusedWithItsReason() async throws {
+        let (listener, address) = try await listener()
+        let cases: [(WireMessage.Hello, String)] = [
+            (.init(protocolVersion: 9, mode: .remus, moduleHash: hash), "protocol version 9 is not supported (this backup speaks 1)"),
+            (.init(mode: .none, moduleHash: hash), "mode none needs no backup"),
+            (.init(mode: .remus, moduleHash: "xyz"), "the module hash is not a SHA-256 in hex"),
+        ]
+        for (hello, reason) in cases {
+            do {
+                _ = try await ReplicationConnector.connect(to: address, hello: hello, group: group, logger: logger)
+                XCTFail("\(hello) was welcomed")
+            } catch let error as ReplicationConnectError {
+                XCTAssertEqual(error, .refused(reason))
+            }
+        }
+        try await listener.close()
+    }
+
+    /// A peer that sends garbage is disconnected: the raw socket reads end-of-file, and the
+    /// listener keeps welcoming well-behaved primaries afterwards.
+    func testGarbageClosesTheConnectionAndTheListenerCarriesOn() async throws {
+        let received = AsyncStream<WireMessage>.makeStream()
+        let (listener, address) = try await listener { message, _ in received.continuation.yield(message) }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var socketAddress = sockaddr_in()
+        socketAddress.sin_family = sa_family_t(AF_INET)
+        socketAddress.sin_port = address.port.bigEndian
+        socketAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &socketAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(connected, 0)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let garbage = Array("GET / HTTP/1.1\r\nHost: backup\r\n\r\n".utf8)
+        XCTAssertEqual(garbage.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, garbage.count)
+        var byte: UInt8 = 0
+        XCTAssertEqual(recv(fd, &byte, 1, 0), 0, "the backup must close a connection that sent garbage")
+
+        let channel = try await ReplicationConnector.connect(
+            to: address, hello: .init(mode: .remus, moduleHash: hash), group: group, logger: logger)
+        try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 3))
+        var iterator = received.stream.makeAsyncIterator()
+        let message = await iterator.next()
+        XCTAssertEqual(message, .checkpointApplied(epoch: 3), "nothing from the garbage peer was handed on")
+        try await channel.close()
+        try await listener.close()
+    }
+}
