@@ -12,6 +12,8 @@ struct MachineLaunch {
     var module: String
     var listen: [ServiceAddress]
     var logger: Logger
+    /// Where to serve the Prometheus metrics (`--metrics`), if anywhere.
+    var metrics: ServiceAddress? = nil
 
     /// Prepares the module, opens the world and builds the machine with `make` (on the world it
     /// is given: the live one, or a recording of it); runs it until the guest exits and throws
@@ -21,6 +23,8 @@ struct MachineLaunch {
         make: (PreparedModule, MachineWorld, SuspensionRequest) throws -> Machine
     ) throws -> Never {
         do {
+            let endpoint = try metrics.map(MetricsEndpoint.init(address:))
+            defer { endpoint?.close() }
             let prepared = try ModulePreparer().prepare(path: module)
             let suspension = SuspensionRequest()
             let live = try LiveWorld(listening: listen, suspension: suspension)
@@ -90,6 +94,19 @@ struct MachineLaunch {
         timer.resume()
         return timer
     }
+}
+
+/// `--metrics HOST:PORT`, shared by the commands that run a machine.
+struct MetricsOption: ParsableArguments {
+    @Option(name: .long, help: "Serve Prometheus metrics (suspension pauses, checkpoints) at http://HOST:PORT/metrics.")
+    var metrics: String?
+
+    func address() throws -> ServiceAddress? {
+        guard let metrics else { return nil }
+        do { return try ServiceAddress(parsing: metrics) } catch { throw ValidationError("--metrics \(error)") }
+    }
+
+    func validate() throws { _ = try address() }
 }
 
 extension ServiceAddress {

@@ -33,6 +33,8 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .long, help: "Interval between checkpoints with --record, like 200ms or 1s (default 200ms).")
     var checkpointEvery: DurationArgument?
 
+    @OptionGroup var metrics: MetricsOption
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -41,7 +43,8 @@ struct RestoreCommand: ParsableCommand {
 
     func run() throws {
         let addresses = try ServiceAddress.listenAddresses(listen)
-        let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"))
+        let launch = MachineLaunch(
+            module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"), metrics: try metrics.address())
         let configuration = MachineConfiguration(arguments: [], listenerCount: addresses.count)
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
             prepared, world, suspension in

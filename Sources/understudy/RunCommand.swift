@@ -29,6 +29,8 @@ struct RunCommand: ParsableCommand {
         help: "Unwind the guest's stack at every host call that may block, not only when a checkpoint is due (to measure what suspension costs).")
     var suspendAtEveryBlock = false
 
+    @OptionGroup var metrics: MetricsOption
+
     @OptionGroup var logging: LoggingOptions
 
     @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
@@ -44,7 +46,8 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let addresses = try ServiceAddress.listenAddresses(listen)
-        let launch = MachineLaunch(module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"))
+        let launch = MachineLaunch(
+            module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"), metrics: try metrics.address())
         let name = URL(fileURLWithPath: module).lastPathComponent
         let configuration = MachineConfiguration(
             arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
