@@ -11,6 +11,13 @@ public struct ByteWriter {
     }
 
     public mutating func u8(_ value: UInt8) { bytes.append(value) }
+
+    /// Replaces bytes already written at `offset`: a header field known only once what follows
+    /// it has been written in place.
+    public mutating func overwrite(_ value: UInt8, at offset: Int) { bytes[offset] = value }
+    public mutating func overwrite(_ value: UInt32, at offset: Int) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + 4, with: $0) }
+    }
     public mutating func u16(_ value: UInt16) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
     public mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
     public mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }

@@ -19,16 +19,17 @@ public enum EventLogCodec {
     }
 
     /// Appends `entry` as record `sequence` to `writer`.
+    /// Appends `entry` as record `sequence` to `writer`, encoding the payload in place: this runs
+    /// for every answer the guest gets, so it makes no temporary buffers.
     public static func append(_ entry: EventLogEntry, sequence: UInt64, to writer: inout ByteWriter) {
-        var payload = ByteWriter()
-        let type = encodePayload(entry, into: &payload)
-        var record = ByteWriter()
-        record.u64(sequence)
-        record.u8(type)
-        record.u32(UInt32(payload.bytes.count))
-        record.raw(payload.bytes)
-        let crc = record.bytes.withUnsafeBytes { CRC32C.checksum($0) }
-        writer.raw(record.bytes)
+        let start = writer.bytes.count
+        writer.u64(sequence)
+        writer.u8(0)  // type and length, filled in below
+        writer.u32(0)
+        let type = encodePayload(entry, into: &writer)
+        writer.overwrite(type, at: start + 8)
+        writer.overwrite(UInt32(writer.bytes.count - start - 13), at: start + 9)
+        let crc = writer.bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[start...])) }
         writer.u32(crc)
     }
 

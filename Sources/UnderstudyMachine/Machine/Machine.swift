@@ -44,6 +44,8 @@ public final class Machine {
     private let asyncify: AsyncifyController
     private let suspension: SuspensionRequest
     private let memory: Memory
+    /// Every exported global, by name: looked up once, read at every checkpoint (in the pause).
+    private let exportedGlobals: [(name: String, global: Global)]
     private var unwindStartedAt: ContinuousClock.Instant?
     /// Set while the guest's stack is unwound in memory and `run()` must rewind, not start.
     private var resumesSuspendedGuest = false
@@ -75,6 +77,10 @@ public final class Machine {
         }
         guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }
         self.memory = memory
+        exportedGlobals = instance.exports.compactMap { name, value -> (name: String, global: Global)? in
+            if case .global(let global) = value { return (name, global) }
+            return nil
+        }.sorted { $0.name < $1.name }
         let view = GuestMemoryView(memory: memory)
         host.installedMemory = view
         asyncify = try AsyncifyController(instance: instance, memory: view, dataSize: configuration.unwindBufferBytes)
@@ -136,15 +142,9 @@ public final class Machine {
     /// straight out of `withLinearMemory`. Only while suspended.
     public func captureStateExceptMemory() throws(MachineError) -> MachineState {
         guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
-        var globals: [MachineState.GlobalState] = []
-        for (name, value) in instance.exports {
-            if case .global(let global) = value, let state = MachineState.GlobalState(name: name, value: global.value) {
-                globals.append(state)
-            }
-        }
+        let globals = exportedGlobals.compactMap { MachineState.GlobalState(name: $0.name, value: $0.global.value) }
         return MachineState(
-            memory: [], globals: globals.sorted { $0.name < $1.name }, descriptors: host.descriptors,
-            unwindDataAddress: asyncify.dataAddress)
+            memory: [], globals: globals, descriptors: host.descriptors, unwindDataAddress: asyncify.dataAddress)
     }
 
     /// A fresh machine that continues exactly where `state` was captured: `run()` rewinds the
