@@ -48,6 +48,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
+            name: "UnderstudyProtection",
+            dependencies: [
+                "UnderstudyCore", "UnderstudyMachine", "UnderstudyEventLog", "UnderstudyCheckpoint", "UnderstudyReplication",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .executableTarget(
@@ -56,6 +67,7 @@ let package = Package(
                 "UnderstudyMachine",
                 "UnderstudyCheckpoint",
                 "UnderstudyReplication",
+                "UnderstudyProtection",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -17,7 +17,7 @@ public final class EventLogFile: EventLogSink, @unchecked Sendable {
 
     deinit { close(fd) }
 
-    public func write(_ bytes: [UInt8]) throws { try writeAll(bytes) }
+    public func write(_ bytes: [UInt8], first: UInt64) throws { try writeAll(bytes) }
 
     /// Makes what was written durable: the recorder calls it before a checkpoint names a log
     /// position, so no checkpoint points past the log.

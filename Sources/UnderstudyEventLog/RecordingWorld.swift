@@ -1,9 +1,10 @@
 import UnderstudyCore
 
-/// Where a recording's encoded entries go: a file (`EventLogFile`), memory (tests), or, in
-/// issue 4, the replication stream.
+/// Where a recording's encoded entries go: a file (`EventLogFile`), memory (tests), or the
+/// replication stream to an `llm` backup.
 public protocol EventLogSink: AnyObject {
-    func write(_ bytes: [UInt8]) throws
+    /// `bytes` holds whole records, the first of them entry `first`.
+    func write(_ bytes: [UInt8], first: UInt64) throws
 }
 
 /// Wraps the live world: every answer it gives the guest, and every output the guest makes, is
@@ -17,6 +18,8 @@ public final class RecordingWorld: MachineWorld {
     private var pending = ByteWriter()
     /// The log position the next entry gets; a checkpoint taken now corresponds to it.
     public private(set) var position: UInt64
+    /// The position of the first entry in the batch not yet handed to the sink.
+    private var batchStart: UInt64
     public private(set) var haltReason: String?
     /// Suspendable host calls entered since the last entry (see `EventLogEntry.suspended`).
     private var hostCallsSinceEntry: UInt32 = 0
@@ -25,13 +28,16 @@ public final class RecordingWorld: MachineWorld {
         self.inner = inner
         self.sink = sink
         self.position = position
+        batchStart = position
         self.batchBytes = batchBytes
     }
 
     /// Hands every entry logged so far to the sink.
     public func flush() throws {
         guard !pending.bytes.isEmpty else { return }
-        try sink.write(pending.take())
+        let first = batchStart
+        batchStart = position
+        try sink.write(pending.take(), first: first)
     }
 
     private func log(_ entry: EventLogEntry) {
@@ -122,5 +128,5 @@ public final class EventLogBuffer: EventLogSink {
 
     public init(moduleHash: String) { bytes = EventLogCodec.header(moduleHash: moduleHash) }
 
-    public func write(_ bytes: [UInt8]) throws { self.bytes += bytes }
+    public func write(_ bytes: [UInt8], first: UInt64) throws { self.bytes += bytes }
 }

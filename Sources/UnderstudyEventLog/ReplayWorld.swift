@@ -22,6 +22,9 @@ public final class ReplayWorld: MachineWorld {
         self.position = position
     }
 
+    /// True while entries remain and none has diverged: the next call is answered from the log.
+    public var hasNext: Bool { divergence == nil && position < entries.count }
+
     public var haltReason: String? {
         if let divergence { return divergence }
         return reachedEnd ? "the event log ends at position \(entries.count)" : nil

@@ -20,7 +20,7 @@ struct MachineLaunch {
     /// its exit status.
     func serve(
         recordTo directory: String?, checkpointEvery interval: Duration?, configuration: MachineConfiguration,
-        make: (PreparedModule, MachineWorld, SuspensionRequest) throws -> Machine
+        make: (PreparedModule, MachineWorld, LiveWorld, SuspensionRequest) throws -> Machine
     ) throws -> Never {
         do {
             let endpoint = try metrics.map(MetricsEndpoint.init(address:))
@@ -37,7 +37,7 @@ struct MachineLaunch {
                     directory: URL(fileURLWithPath: directory), module: URL(fileURLWithPath: module), manifest: manifest,
                     recording: live)
             }
-            let machine = try make(prepared, session?.world ?? live, suspension)
+            let machine = try make(prepared, session?.world ?? live, live, suspension)
             var timer: DispatchSourceTimer?
             if let session {
                 if !session.tracksDirtyPagesInKernel { logger.warning("userfaultfd is unavailable: dirty pages are found by hashing") }

@@ -47,10 +47,11 @@ struct RestoreCommand: ParsableCommand {
             module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"), metrics: try metrics.address())
         let configuration = MachineConfiguration(arguments: [], listenerCount: addresses.count)
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
-            prepared, world, suspension in
+            prepared, world, live, suspension in
             let (sequence, state, _) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(
                 at: checkpoint, moduleHash: prepared.hash)
             launch.logger.notice("restoring", metadata: ["checkpoint": "\(sequence)", "memoryBytes": "\(state.memory.count)"])
+            live.reserveConnections(through: state.descriptors.highestConnection)
             return try Machine(restoring: state, prepared: prepared, world: world, suspension: suspension, configuration: configuration)
         }
     }

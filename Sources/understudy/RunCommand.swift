@@ -53,7 +53,7 @@ struct RunCommand: ParsableCommand {
             arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
             suspendAtEveryBlock: suspendAtEveryBlock)
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
-            prepared, world, suspension in
+            prepared, world, _, suspension in
             try Machine(prepared: prepared, world: world, suspension: suspension, configuration: configuration)
         }
     }

@@ -6,7 +6,7 @@ import XCTest
 final class WireCodecTests: XCTestCase {
     private let messages: [WireMessage] = [
         .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32))), .welcome, .refusal("wrong module"),
-        .module(Array(0..<200)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
+        .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
         .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,
     ]
 
@@ -76,7 +76,7 @@ final class WireCodecTests: XCTestCase {
         withUnsafeBytes(of: headerCRC.littleEndian) { unknown.replaceSubrange(13..<17, with: $0) }
         XCTAssertEqual(decodeAll(unknown).1, .unknownType(77))
 
-        let big = WireCodec.encode(.module(Array(repeating: 1, count: 100)), sequence: 0)
+        let big = WireCodec.encode(.module(bytes: Array(repeating: 1, count: 100), configuration: []), sequence: 0)
         XCTAssertEqual(decodeAll(big, maximumPayload: 16).1, .tooLarge(bytes: 100, limit: 16))
     }
 

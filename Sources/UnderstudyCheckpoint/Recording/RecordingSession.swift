@@ -22,13 +22,9 @@ public final class RecordingSession {
 
     public let world: RecordingWorld
     public let directory: CheckpointDirectory
-    public let tracksDirtyPagesInKernel: Bool
+    public var tracksDirtyPagesInKernel: Bool { capture.tracksDirtyPagesInKernel }
     private let logFile: EventLogFile
-    private let moduleHash: String
-    private let kernelTracker: UserfaultDirtyTracker?
-    private var hashingTracker = HashingDirtyTracker()
-    private var taken = 0
-    private let pageBuffers = PageBufferPool()
+    private let capture: CheckpointCapture
     private let writer = DispatchQueue(label: "understudy.checkpoint-writer")
     private let writeFailure = WriteFailure()
     private let captureTimer = Metrics.Timer(label: "understudy_checkpoint_capture")
@@ -51,11 +47,9 @@ public final class RecordingSession {
             throw CheckpointError.unreadable("\(url.path) already holds a recording; choose an empty directory")
         }
         try manifest.write(to: url, module: module)
-        moduleHash = manifest.moduleHash
         logFile = try EventLogFile(creating: directory.eventLogURL, moduleHash: manifest.moduleHash)
         world = RecordingWorld(recording: live, to: logFile)
-        kernelTracker = kernelTracking ? try? UserfaultDirtyTracker() : nil
-        tracksDirtyPagesInKernel = kernelTracker != nil
+        capture = CheckpointCapture(moduleHash: manifest.moduleHash, kernelTracking: kernelTracking)
     }
 
     /// Makes `machine` take a checkpoint at each of its suspensions. The machine must have been
@@ -68,38 +62,22 @@ public final class RecordingSession {
         if let failure = writeFailure.reason { throw CheckpointError.unreadable(failure) }
         let began = ContinuousClock.now
         try world.flush()
-        let rest = try machine.captureStateExceptMemory()
         let position = world.position
-        var pageBuffer = pageBuffers.take()
-        let checkpoint = try machine.withLinearMemory { memory -> Checkpoint in
-            if taken == 0 {
-                // Both trackers start from this full copy.
-                if let kernelTracker { _ = try kernelTracker.dirtyPages(of: memory) } else { _ = hashingTracker.dirtyPages(of: memory) }
-                return Checkpoint.full(memory: memory, rest: rest, moduleHash: moduleHash, logPosition: position)
-            }
-            let dirty = try kernelTracker?.dirtyPages(of: memory) ?? hashingTracker.dirtyPages(of: memory)
-            return Checkpoint.delta(
-                memory: memory, rest: rest, dirtyPages: dirty, moduleHash: moduleHash, logPosition: position,
-                pageBuffer: &pageBuffer)
-        }
-        taken += 1
-        let sequence = taken
+        let captured = try capture.capture(machine, logPosition: position)
+        let sequence = capture.taken
         let summary = CheckpointTaken(
-            sequence: sequence, pages: checkpoint.pages.count + checkpoint.zeroPages.count, logPosition: position,
-            captureNanos: Self.nanos(since: began))
-        let job = WriteJob(checkpoint: checkpoint, pageBuffer: pageBuffer)
-        pageBuffer = []
-        let (logFile, directory, failure, pool) = (logFile, directory, writeFailure, pageBuffers)
+            sequence: sequence, pages: captured.pageCount, logPosition: position, captureNanos: Self.nanos(since: began))
+        let (logFile, directory, failure) = (logFile, directory, writeFailure)
         writer.async {
             if failure.reason == nil {
                 do {
                     try logFile.synchronize()
-                    try CheckpointFile.write(job.checkpoint!, to: directory.fileURL(sequence: sequence))
+                    try CheckpointFile.write(captured.checkpoint!, to: directory.fileURL(sequence: sequence))
                 } catch {
                     failure.reason = "\(error)"
                 }
             }
-            job.recycle(into: pool)
+            captured.recycle()
         }
         captureTimer.recordNanoseconds(Int64(clamping: summary.captureNanos))
         pagesRecorder.record(summary.pages)
@@ -119,40 +97,6 @@ public final class RecordingSession {
     static func nanos(since start: ContinuousClock.Instant) -> UInt64 {
         let (seconds, attoseconds) = (ContinuousClock.now - start).components
         return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
-    }
-}
-
-/// A checkpoint on its way to disk, and the buffer its pages live in. Once written, the
-/// checkpoint is dropped first so the buffer is uniquely referenced again, then the buffer goes
-/// back to the pool: the next checkpoint copies into memory that is already mapped, instead of
-/// taking a page fault for every page it copies (most of the pause, measured).
-private final class WriteJob: @unchecked Sendable {
-    var checkpoint: Checkpoint?
-    var pageBuffer: [UInt8]
-
-    init(checkpoint: Checkpoint, pageBuffer: [UInt8]) {
-        self.checkpoint = checkpoint
-        self.pageBuffer = pageBuffer
-    }
-
-    func recycle(into pool: PageBufferPool) {
-        checkpoint = nil
-        let buffer = pageBuffer
-        pageBuffer = []
-        pool.give(buffer)
-    }
-}
-
-/// Page buffers the writer has finished with; at most two are kept.
-private final class PageBufferPool: @unchecked Sendable {
-    private let lock = NSLock()
-    private var free: [[UInt8]] = []
-
-    func take() -> [UInt8] { lock.withLock { free.popLast() ?? [] } }
-
-    func give(_ buffer: [UInt8]) {
-        guard buffer.capacity > 0 else { return }
-        lock.withLock { if free.count < 2 { free.append(buffer) } }
     }
 }
 

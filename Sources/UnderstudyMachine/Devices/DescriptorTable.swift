@@ -90,4 +90,8 @@ public struct DescriptorTable: Equatable, Sendable {
             return nil
         }
     }
+
+    /// The highest connection identity the guest holds (0 for none): a world serving this table
+    /// numbers its new connections above it.
+    public var highestConnection: UInt64 { openConnections.map(\.value).max() ?? 0 }
 }

@@ -9,6 +9,10 @@ public final class LiveWorld: MachineWorld {
     private var connections: [ConnectionID: Int32] = [:]
     private var nextConnection: UInt64 = 1
     private let suspension: SuspensionRequest
+    /// A descriptor that, when readable, ends a wait with no readiness (`.ready([])`) so the
+    /// world wrapping this one can act (deliver output the backup has just acknowledged). The
+    /// wrapper drains it; -1 for none.
+    public var outputWakeDescriptor: Int32 = -1
 
     /// Opens every listener now, so a taken port is reported before the guest starts.
     public init(listening addresses: [ServiceAddress], suspension: SuspensionRequest) throws(ListenError) {
@@ -68,8 +72,18 @@ public final class LiveWorld: MachineWorld {
         return .done(id)
     }
 
+    /// Connection identities up to `highest` belong to a machine this world did not open (a
+    /// restored or promoted one): new connections are numbered above them, so a guest descriptor
+    /// left from before can never reach a new client.
+    public func reserveConnections(through highest: UInt64) {
+        nextConnection = max(nextConnection, highest + 1)
+    }
+
+    /// An identity this world has no socket for (a connection that was open in a checkpoint this
+    /// machine was restored from) reads as reset by its peer: the guest closes it, as it would
+    /// any dropped client.
     public func receive(connection: ConnectionID, into buffer: UnsafeMutableRawBufferPointer) -> WorldResult<Int> {
-        guard let fd = connections[connection] else { return .failed(errno: EBADF) }
+        guard let fd = connections[connection] else { return .failed(errno: ECONNRESET) }
         let got = recv(fd, buffer.baseAddress, buffer.count, 0)
         if got >= 0 { return .done(got) }
         let code = errno
@@ -77,7 +91,7 @@ public final class LiveWorld: MachineWorld {
     }
 
     public func send(connection: ConnectionID, bytes: UnsafeRawBufferPointer) -> WorldResult<Int> {
-        guard let fd = connections[connection] else { return .failed(errno: EBADF) }
+        guard let fd = connections[connection] else { return .failed(errno: EPIPE) }
         if bytes.isEmpty { return .done(0) }
         let sent = Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
         if sent >= 0 { return .done(sent) }
@@ -120,18 +134,26 @@ public final class LiveWorld: MachineWorld {
             return pollfd(fd: descriptor(of: interest.target), events: events, revents: 0)
         }
         descriptors.append(pollfd(fd: suspension.wakeDescriptor, events: Int16(POLLIN), revents: 0))
-        let timeout = timeoutNanos.map { Int64(clamping: $0) } ?? -1
-        let count = understudy_ppoll(&descriptors, UInt(descriptors.count), timeout)
+        descriptors.append(pollfd(fd: outputWakeDescriptor, events: Int16(POLLIN), revents: 0))
+        // A connection this world has no socket for is reported hung up at once (see `receive`).
+        let orphaned = interests.indices.filter { index in
+            if case .connection(let id) = interests[index].target { return connections[id] == nil }
+            return false
+        }
+        let timeout = orphaned.isEmpty ? timeoutNanos.map { Int64(clamping: $0) } ?? -1 : 0
+        var count = Int(understudy_ppoll(&descriptors, UInt(descriptors.count), timeout))
         if suspension.isPending { return .interrupted }
-        if count == 0 { return .timedOut }
         if count < 0 {
             let code = errno
             return code == EINTR ? nil : .failed(errno: code)
         }
         if descriptors[interests.count].revents != 0 {
             suspension.drainStaleWakeups()
-            if count == 1 { return nil }
+            count -= 1
         }
+        if descriptors[interests.count + 1].revents != 0 && orphaned.isEmpty && count == 1 { return .ready([]) }
+        if count == 0 && orphaned.isEmpty { return descriptors[interests.count].revents != 0 ? nil : .timedOut }
+        for index in orphaned { descriptors[index].revents = Int16(POLLIN | POLLHUP) }
         var ready: [PollReadiness] = []
         for index in interests.indices where descriptors[index].revents != 0 {
             let revents = Int32(descriptors[index].revents)

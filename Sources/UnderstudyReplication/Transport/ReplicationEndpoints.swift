@@ -3,23 +3,45 @@ import NIOCore
 import NIOPosix
 import UnderstudyCore
 
-/// The backup's side: listens for one primary at a time, answers its hello with `welcome` or a
-/// `refusal` (and closes), then hands every later message to `onMessage` on the channel's event
-/// loop. Issue 4's backup session (staging, applying, promotion) sits behind `onMessage`.
+/// How often each side sends a heartbeat, and how long a silence means the peer is gone.
+public struct HeartbeatTiming: Sendable {
+    public var interval: TimeAmount
+    public var timeout: TimeAmount
+
+    public init(interval: TimeAmount, timeout: TimeAmount) {
+        precondition(interval > .zero && timeout > interval, "the heartbeat timeout must exceed its interval")
+        self.interval = interval
+        self.timeout = timeout
+    }
+
+    /// Loopback and LAN defaults: a beat every 10 ms costs ~2 kB/s; 100 ms of silence is ten
+    /// missed beats, far beyond the event loop's scheduling delays under load.
+    public static let standard = HeartbeatTiming(interval: .milliseconds(10), timeout: .milliseconds(100))
+}
+
+/// The backup's side: answers a primary's hello with `welcome` or a `refusal` (and closes) —
+/// `admit` may refuse for reasons of its own, such as already protecting another primary —
+/// then hands every later message to `onMessage`, and the end of a welcomed connection
+/// (closed by the peer, by a bad frame or by silence) to `onClose`, on the channel's event loop.
 public final class ReplicationListener: Sendable {
     public let localAddress: SocketAddress
     private let channel: Channel
 
     public static func bind(
-        _ address: ServiceAddress, group: EventLoopGroup, logger: Logger,
-        onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in }
+        _ address: ServiceAddress, group: EventLoopGroup, logger: Logger, heartbeat: HeartbeatTiming = .standard,
+        admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String? = { _, _ in nil },
+        onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in },
+        onClose: @escaping @Sendable (Channel) -> Void = { _ in }
     ) async throws -> ReplicationListener {
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
-                    try child.pipeline.syncOperations.addHandler(BackupHandshakeHandler(logger: logger, onMessage: onMessage))
+                    try child.pipeline.syncOperations.addHandler(
+                        HeartbeatHandler(timing: heartbeat, logger: logger))
+                    try child.pipeline.syncOperations.addHandler(
+                        BackupHandshakeHandler(logger: logger, admit: admit, onMessage: onMessage, onClose: onClose))
                 }
             }
             .bind(host: address.host, port: Int(address.port)).get()
@@ -41,19 +63,32 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
     typealias OutboundOut = WireMessage
 
     private let logger: Logger
+    private let admit: @Sendable (WireMessage.Hello, Channel) -> String?
     private let onMessage: @Sendable (WireMessage, Channel) -> Void
+    private let onClose: @Sendable (Channel) -> Void
     private var welcomed = false
 
-    init(logger: Logger, onMessage: @escaping @Sendable (WireMessage, Channel) -> Void) {
+    init(
+        logger: Logger, admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String?,
+        onMessage: @escaping @Sendable (WireMessage, Channel) -> Void, onClose: @escaping @Sendable (Channel) -> Void
+    ) {
         self.logger = logger
+        self.admit = admit
         self.onMessage = onMessage
+        self.onClose = onClose
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if welcomed { onClose(context.channel) }
+        welcomed = false
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
         if welcomed { return onMessage(message, context.channel) }
         guard case .hello(let hello) = message else { return refuse("expected a hello, got \(message.kind)", context) }
-        if let reason = Handshake.refusal(of: hello) { return refuse(reason, context) }
+        if let reason = Handshake.refusal(of: hello) ?? admit(hello, context.channel) { return refuse(reason, context) }
         welcomed = true
         logger.notice(
             "primary connected",
@@ -82,7 +117,8 @@ public enum ReplicationConnectError: Error, CustomStringConvertible, Equatable {
 /// The primary's side: connects, says hello, and returns the channel once welcomed.
 public enum ReplicationConnector {
     public static func connect(
-        to address: ServiceAddress, hello: WireMessage.Hello, group: EventLoopGroup, logger: Logger
+        to address: ServiceAddress, hello: WireMessage.Hello, group: EventLoopGroup, logger: Logger,
+        heartbeat: HeartbeatTiming = .standard
     ) async throws -> Channel {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -91,6 +127,8 @@ public enum ReplicationConnector {
         let answer = channel.eventLoop.makePromise(of: Void.self)
         try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
+            try channel.pipeline.syncOperations.addHandler(
+                HeartbeatHandler(timing: heartbeat, logger: logger))
             try channel.pipeline.syncOperations.addHandler(PrimaryHandshakeHandler(answer: answer))
         }.get()
         channel.writeAndFlush(WireMessage.hello(hello), promise: nil)

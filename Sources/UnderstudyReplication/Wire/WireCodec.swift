@@ -34,7 +34,9 @@ public enum WireCodec {
         case .refusal(let reason):
             w.raw(reason.utf8)
             return 3
-        case .module(let bytes):
+        case .module(let bytes, let configuration):
+            w.u32(UInt32(configuration.count))
+            w.raw(configuration)
             w.raw(bytes)
             return 4
         case .checkpoint(let epoch, let bytes):
@@ -67,7 +69,9 @@ public enum WireCodec {
                 message = .hello(.init(protocolVersion: version, mode: mode, moduleHash: try r.string()))
             case 2: message = .welcome
             case 3: message = .refusal(String(decoding: try r.raw(payload.count), as: UTF8.self))
-            case 4: message = .module(Array(try r.raw(payload.count)))
+            case 4:
+                let configuration = Array(try r.raw(Int(try r.u32())))
+                message = .module(bytes: Array(try r.raw(payload.count - 4 - configuration.count)), configuration: configuration)
             case 5:
                 let epoch = try r.u64()
                 message = .checkpoint(epoch: epoch, bytes: Array(try r.raw(payload.count - 8)))

@@ -8,8 +8,10 @@ public enum WireMessage: Equatable, Sendable {
     case welcome
     /// Either side, last: why the connection is being closed.
     case refusal(String)
-    /// Primary → backup: the guest as given; the backup prepares it and checks the hash.
-    case module([UInt8])
+    /// Primary → backup: the guest as given, which the backup prepares and checks against the
+    /// hello's hash, and how the machine is configured (arguments, environment, listeners: the
+    /// recording manifest's JSON, opaque here).
+    case module(bytes: [UInt8], configuration: [UInt8])
     /// Primary → backup: one encoded checkpoint, for `epoch`.
     case checkpoint(epoch: UInt64, bytes: [UInt8])
     /// Primary → backup: event-log records, the first being entry `first`.

@@ -1,0 +1,112 @@
+import Foundation
+import UnderstudyCheckpoint
+import UnderstudyCore
+import UnderstudyEventLog
+import UnderstudyMachine
+import UnderstudyReplication
+
+/// What a backup holds for one primary's connection: the prepared module and configuration, the
+/// latest applied checkpoint as bytes (a machine is only built on promotion, DESIGN.md), and in
+/// `llm` the log after it. Every message is checked whole before anything is changed
+/// (invariant 3): a refused message leaves the replica exactly as it was.
+final class BackupReplica {
+    struct Refusal: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    let mode: ReplicationMode
+    let moduleHash: String
+    private let preparer: ModulePreparer
+    private(set) var prepared: PreparedModule?
+    private(set) var manifest: RecordingManifest?
+    private(set) var state: MachineState?
+    private(set) var epoch: UInt64 = 0
+    private(set) var log: BackupLog?
+
+    init(hello: WireMessage.Hello, preparer: ModulePreparer = ModulePreparer()) {
+        mode = hello.mode
+        moduleHash = hello.moduleHash
+        self.preparer = preparer
+    }
+
+    /// True once a seed is applied: there is a machine to promote.
+    var canPromote: Bool { state != nil && prepared != nil && manifest != nil }
+
+    /// Handles one message from the primary; returns the acknowledgement to send, if any.
+    func handle(_ message: WireMessage) throws(Refusal) -> WireMessage? {
+        switch message {
+        case .module(let bytes, let configuration):
+            try adopt(module: bytes, configuration: configuration)
+            return nil
+        case .checkpoint(let epoch, let bytes):
+            try apply(checkpoint: bytes, epoch: epoch)
+            return .checkpointApplied(epoch: epoch)
+        case .logRecords(let first, let bytes):
+            guard mode == .llm else { throw Refusal("log records in \(mode) mode") }
+            guard var log else { throw Refusal("log records before the seed checkpoint") }
+            do {
+                try log.append(records: bytes, first: first)
+            } catch {
+                throw Refusal("\(error)")
+            }
+            self.log = log
+            return .logHeld(position: log.end)
+        default:
+            throw Refusal("unexpected \(message.kind) from the primary")
+        }
+    }
+
+    private func adopt(module bytes: [UInt8], configuration: [UInt8]) throws(Refusal) {
+        guard prepared == nil else { throw Refusal("a second module on one connection") }
+        let manifest: RecordingManifest
+        do {
+            manifest = try JSONDecoder().decode(RecordingManifest.self, from: Data(configuration))
+        } catch {
+            throw Refusal("the machine's configuration is not readable: \(error)")
+        }
+        let prepared: PreparedModule
+        do {
+            prepared = try preparer.prepare(bytes: bytes)
+        } catch {
+            throw Refusal("the module cannot be prepared: \(error)")
+        }
+        guard prepared.hash == moduleHash, manifest.moduleHash == moduleHash else {
+            throw Refusal("the module prepares to \(prepared.hash.prefix(16)), not the \(moduleHash.prefix(16)) the hello named")
+        }
+        self.prepared = prepared
+        self.manifest = manifest
+    }
+
+    private func apply(checkpoint bytes: [UInt8], epoch: UInt64) throws(Refusal) {
+        guard prepared != nil else { throw Refusal("a checkpoint before the module") }
+        guard epoch == self.epoch + 1 else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
+        let checkpoint: Checkpoint
+        do {
+            checkpoint = try CheckpointCodec.decode(bytes)
+        } catch {
+            throw Refusal("checkpoint \(epoch) refused: \(error)")
+        }
+        guard checkpoint.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
+        guard (checkpoint.kind == .full) == (state == nil) else {
+            throw Refusal(state == nil ? "the first checkpoint is not full" : "a full checkpoint after the seed")
+        }
+        var log = self.log
+        if mode == .llm {
+            do {
+                if log == nil { log = BackupLog(startingAt: checkpoint.logPosition) }
+                try log!.checkpointApplied(at: checkpoint.logPosition)
+            } catch {
+                throw Refusal("\(error)")
+            }
+        }
+        // `apply` checks everything before it writes: a throw here leaves `state` as it was.
+        do {
+            try checkpoint.apply(onto: &state)
+        } catch {
+            throw Refusal("checkpoint \(epoch) does not apply: \(error)")
+        }
+        self.log = log
+        self.epoch = epoch
+    }
+}

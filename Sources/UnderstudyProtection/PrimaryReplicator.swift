@@ -1,0 +1,307 @@
+import Dispatch
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import UnderstudyCheckpoint
+import UnderstudyCore
+import UnderstudyEventLog
+import UnderstudyMachine
+import UnderstudyReplication
+
+/// The primary's half of a protected machine (DESIGN.md, "Modes"): builds the world the guest runs
+/// on — the live world behind an `OutputHoldingWorld`, and in `llm` a `RecordingWorld` whose log
+/// streams to the backup — keeps a connection to the backup, seeds it with a full checkpoint
+/// when it connects, then sends what the mode sends (`remus`: a checkpoint every epoch; `llm`:
+/// the log as the guest consumes the world, and a checkpoint every interval) and releases
+/// output as the backup acknowledges it. Losing the backup releases everything held and
+/// carries on unprotected; it reconnects and seeds again by itself.
+///
+/// Threads: the machine's (the world, checkpoints, the log), the connection's event loop
+/// (acknowledgements, loss), and a sender queue that encodes checkpoints off the pause.
+public final class PrimaryReplicator: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var mode: ReplicationMode
+        public var backup: ServiceAddress
+        /// `remus`: how often a checkpoint is taken (and output released).
+        public var epoch: Duration
+        /// `llm`: how often a checkpoint is taken, bounding what a promotion replays.
+        public var checkpointInterval: Duration
+        /// `llm`: a checkpoint is also taken once this much log has been sent since the last.
+        public var logBytesPerCheckpoint: Int
+        public var heartbeat: HeartbeatTiming
+        public var reconnectInterval: Duration
+
+        public init(
+            mode: ReplicationMode, backup: ServiceAddress, epoch: Duration = .milliseconds(25),
+            checkpointInterval: Duration = .seconds(1), logBytesPerCheckpoint: Int = 32 << 20,
+            heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
+        ) {
+            precondition(mode == .remus || mode == .llm, "a primary protects in remus or llm mode")
+            self.mode = mode
+            self.backup = backup
+            self.epoch = epoch
+            self.checkpointInterval = checkpointInterval
+            self.logBytesPerCheckpoint = logBytesPerCheckpoint
+            self.heartbeat = heartbeat
+            self.reconnectInterval = reconnectInterval
+        }
+    }
+
+    public let options: Options
+    public let holding: OutputHoldingWorld
+    private let recording: RecordingWorld?
+    /// What the machine must be built on.
+    public var world: MachineWorld { recording ?? holding }
+
+    private let prepared: PreparedModule
+    private let moduleMessage: WireMessage
+    private let suspension: SuspensionRequest
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let capture: CheckpointCapture
+    private let sender = DispatchQueue(label: "understudy.checkpoint-sender")
+    private let metrics = ReplicationMetrics(role: "primary")
+    private var timer: DispatchSourceTimer?
+    private var connecting: Task<Void, Never>?
+
+    /// Shared between the machine's thread and the event loop.
+    private let lock = NSLock()
+    /// Welcomed and sent the module, waiting for the machine to seed it.
+    private var awaitingSeed: Channel?
+    /// Seeded: receives the mode's stream.
+    private var active: Channel?
+    private var stopped = false
+
+    // The machine's thread only.
+    /// Checkpoints sent on the active connection; in `remus` output waits for `epoch + 1`.
+    private var epoch: UInt64 = 0
+    private var logBytesSinceCheckpoint = 0
+    private var seedStarted: ContinuousClock.Instant?
+
+    public init(
+        options: Options, prepared: PreparedModule, module: [UInt8], configuration: [UInt8], live: LiveWorld,
+        suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
+    ) {
+        self.options = options
+        self.prepared = prepared
+        moduleMessage = .module(bytes: module, configuration: configuration)
+        self.suspension = suspension
+        self.group = group
+        self.logger = logger
+        capture = CheckpointCapture(moduleHash: prepared.hash)
+        holding = OutputHoldingWorld(holding: live)
+        live.outputWakeDescriptor = holding.wakeDescriptor
+        if options.mode == .llm {
+            let stream = LogStream()
+            let recording = RecordingWorld(recording: holding, to: stream, batchBytes: 256 << 10)
+            self.recording = recording
+            stream.replicator = self
+            // An output waits for its own entry; it is the next one the recording logs.
+            holding.positionOfNextOutput = { [unowned recording] in recording.position }
+            // Before the guest waits, the log so far goes to the backup: held output is released
+            // by its acknowledgement.
+            holding.beforeWaiting = { [unowned recording] in try? recording.flush() }
+        } else {
+            recording = nil
+            holding.positionOfNextOutput = { [unowned self] in epoch + 1 }
+        }
+        metrics.protected.record(0)
+    }
+
+    /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting.
+    public func start(_ machine: Machine) {
+        machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
+        let interval = options.mode == .remus ? options.epoch : options.checkpointInterval
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        let nanos = Int(interval.components.seconds) * 1_000_000_000 + Int(interval.components.attoseconds / 1_000_000_000)
+        timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
+        timer.setEventHandler { [weak self] in
+            guard let self, self.lock.withLock({ self.active != nil }) else { return }
+            self.suspension.request()
+        }
+        timer.resume()
+        self.timer = timer
+        connecting = Task.detached { [weak self] in await self?.keepConnected() }
+    }
+
+    public func stop() {
+        timer?.cancel()
+        connecting?.cancel()
+        let channels = lock.withLock { () -> [Channel] in
+            stopped = true
+            defer { (active, awaitingSeed) = (nil, nil) }
+            return [active, awaitingSeed].compactMap { $0 }
+        }
+        for channel in channels {
+            // Said so the backup does not take the exit of the guest for the death of its host.
+            channel.writeAndFlush(WireMessage.refusal("the primary is shutting down"), promise: nil)
+            _ = try? channel.close().wait()
+        }
+    }
+
+    // MARK: The connection
+
+    private func keepConnected() async {
+        var failures = 0
+        while !Task.isCancelled {
+            if lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
+                do {
+                    let channel = try await ReplicationConnector.connect(
+                        to: options.backup, hello: .init(mode: options.mode, moduleHash: prepared.hash), group: group,
+                        logger: logger, heartbeat: options.heartbeat)
+                    try await channel.pipeline.addHandler(AcknowledgementHandler(replicator: self)).get()
+                    channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
+                    channel.writeAndFlush(moduleMessage, promise: nil)
+                    failures = 0
+                    logger.notice("backup connected; seeding it", metadata: ["backup": "\(options.backup)", "mode": "\(options.mode)"])
+                    lock.withLock { if channel.isActive { awaitingSeed = channel } }
+                    suspension.request()
+                } catch {
+                    if failures == 0 {
+                        logger.warning(
+                            "cannot reach the backup; serving unprotected and retrying",
+                            metadata: ["backup": "\(options.backup)", "reason": "\(error)"])
+                    }
+                    failures += 1
+                }
+            }
+            try? await Task.sleep(for: options.reconnectInterval)
+        }
+    }
+
+    /// The event loop: the backup acknowledged something.
+    fileprivate func received(_ message: WireMessage, on channel: Channel) {
+        do {
+            switch message {
+            case .logHeld(let position):
+                guard options.mode == .llm else { throw ProtocolViolation("log held in \(options.mode) mode") }
+                try holding.acknowledge(below: position)
+            case .checkpointApplied(let applied):
+                if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
+                if applied == 1 {
+                    logger.notice("backup seeded; the machine is protected", metadata: ["mode": "\(options.mode)"])
+                    metrics.protected.record(1)
+                }
+            case .refusal(let reason):
+                logger.error("the backup refused", metadata: ["reason": "\(reason)"])
+                channel.close(promise: nil)
+            default:
+                throw ProtocolViolation("unexpected \(message.kind) from the backup")
+            }
+        } catch {
+            logger.error("closing the replication connection", metadata: ["reason": "\(error)"])
+            channel.close(promise: nil)
+        }
+    }
+
+    /// The event loop: the connection is gone (closed by the peer, a bad frame, or silence).
+    fileprivate func lost(_ channel: Channel) {
+        let wasActive = lock.withLock { () -> Bool in
+            if awaitingSeed === channel { awaitingSeed = nil }
+            guard active === channel else { return false }
+            active = nil
+            return true
+        }
+        guard wasActive else { return }
+        holding.unprotect()
+        metrics.protected.record(0)
+        logger.warning("backup lost; continuing unprotected", metadata: ["backup": "\(options.backup)"])
+    }
+
+    // MARK: The machine's thread
+
+    /// Called by the log stream with each batch (llm).
+    fileprivate func send(logRecords bytes: [UInt8], first: UInt64) {
+        guard let channel = lock.withLock({ active }) else { return }
+        metrics.bytesSent.increment(by: Int64(bytes.count))
+        channel.writeAndFlush(WireMessage.logRecords(first: first, bytes: bytes), promise: nil)
+        logBytesSinceCheckpoint += bytes.count
+        if logBytesSinceCheckpoint > options.logBytesPerCheckpoint {
+            logBytesSinceCheckpoint = 0
+            suspension.request()
+        }
+    }
+
+    private func suspended(_ machine: Machine) throws {
+        let (seeding, channel) = lock.withLock { () -> (Channel?, Channel?) in (awaitingSeed, active) }
+        if let seeding {
+            try seed(seeding, machine)
+        } else if let channel {
+            try checkpoint(machine, to: channel)
+        }
+    }
+
+    /// A full checkpoint, sent before anything else of this connection's stream; from its log
+    /// position on, output waits for the new backup.
+    private func seed(_ channel: Channel, _ machine: Machine) throws {
+        try recording?.flush()  // what precedes the seed is in it, and goes nowhere
+        let position = recording?.position ?? 0
+        capture.startOver()
+        let began = ContinuousClock.now
+        let captured = try capture.capture(machine, logPosition: position)
+        let bytes = CheckpointCodec.encode(captured.checkpoint!)
+        captured.recycle()
+        epoch = 1
+        logBytesSinceCheckpoint = 0
+        let stillWanted = lock.withLock { () -> Bool in
+            guard awaitingSeed === channel else { return false }
+            awaitingSeed = nil
+            active = channel
+            return true
+        }
+        guard stillWanted else { return }
+        holding.protect(acknowledgedBelow: options.mode == .llm ? position : 1)
+        metrics.bytesSent.increment(by: Int64(bytes.count))
+        metrics.epochs.increment()
+        logger.notice(
+            "seed sent",
+            metadata: [
+                "bytes": "\(bytes.count)", "logPosition": "\(position)",
+                "captureMillis": "\((ContinuousClock.now - began).components.attoseconds / 1_000_000_000_000_000)",
+            ])
+        channel.writeAndFlush(WireMessage.checkpoint(epoch: 1, bytes: bytes), promise: nil)
+    }
+
+    private func checkpoint(_ machine: Machine, to channel: Channel) throws {
+        try recording?.flush()
+        let began = ContinuousClock.now
+        let captured = try capture.capture(machine, logPosition: recording?.position ?? 0)
+        epoch += 1
+        logBytesSinceCheckpoint = 0
+        let sent = epoch
+        metrics.capture.recordNanoseconds(Int64((ContinuousClock.now - began).components.attoseconds / 1_000_000_000))
+        metrics.pages.record(captured.pageCount)
+        metrics.epochs.increment()
+        let bytesSent = metrics.bytesSent
+        sender.async {
+            let bytes = CheckpointCodec.encode(captured.checkpoint!)
+            captured.recycle()
+            bytesSent.increment(by: Int64(bytes.count))
+            channel.writeAndFlush(WireMessage.checkpoint(epoch: sent, bytes: bytes), promise: nil)
+        }
+    }
+}
+
+struct ProtocolViolation: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The `llm` recording's sink: each batch of log records goes to the backup.
+private final class LogStream: EventLogSink {
+    weak var replicator: PrimaryReplicator?
+    func write(_ bytes: [UInt8], first: UInt64) throws { replicator?.send(logRecords: bytes, first: first) }
+}
+
+/// The top of the primary's pipeline, after the handshake.
+private final class AcknowledgementHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = WireMessage
+    private let replicator: PrimaryReplicator
+
+    init(replicator: PrimaryReplicator) { self.replicator = replicator }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        replicator.received(unwrapInboundIn(data), on: context.channel)
+    }
+}

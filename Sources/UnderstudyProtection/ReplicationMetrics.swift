@@ -1,0 +1,26 @@
+import Metrics
+
+/// What `--metrics` shows of replication (issue 4, part 6). Labels carry the role so one
+/// Prometheus can scrape both sides.
+struct ReplicationMetrics {
+    let protected: Gauge
+    let epochs: Counter
+    let bytesSent: Counter
+    let capture: Metrics.Timer
+    let pages: Recorder
+    let failovers: Counter
+    let checkpointsApplied: Counter
+    let logHeld: Gauge
+
+    init(role: String) {
+        let dimensions = [("role", role)]
+        protected = Gauge(label: "understudy_protected", dimensions: dimensions)
+        epochs = Counter(label: "understudy_checkpoints_sent", dimensions: dimensions)
+        bytesSent = Counter(label: "understudy_replicated_bytes", dimensions: dimensions)
+        capture = Metrics.Timer(label: "understudy_checkpoint_capture", dimensions: dimensions)
+        pages = Recorder(label: "understudy_checkpoint_pages", dimensions: dimensions)
+        failovers = Counter(label: "understudy_failovers", dimensions: dimensions)
+        checkpointsApplied = Counter(label: "understudy_checkpoints_applied", dimensions: dimensions)
+        logHeld = Gauge(label: "understudy_log_held_entries", dimensions: dimensions)
+    }
+}

@@ -1,0 +1,238 @@
+import Foundation
+import UnderstudyCore
+
+/// The primary's side of DESIGN.md invariant 2: wraps the live world and, while a backup protects
+/// the machine, takes what the guest sends without sending it. Each output waits in an
+/// `OutputCommitGate` for the position `positionOfNextOutput` names when it is made (the send's
+/// own log entry in `llm`, the next epoch's checkpoint in `remus`); the backup's
+/// acknowledgement, on the replication connection's thread, releases it and wakes the machine's
+/// thread, which alone touches sockets and writes it out in order. Closes and shutdowns wait
+/// behind the bytes sent before them. Unprotected, outputs go straight through.
+///
+/// The guest is told every send succeeded in full; what the host buffers is bounded
+/// (`bufferLimit`), beyond which sends would block, as a full socket would.
+public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
+    /// What the guest produced that clients see: bytes, and the end of a connection.
+    public enum Output: Sendable {
+        case bytes(ConnectionID, [UInt8])
+        case shutdown(ConnectionID, reading: Bool, writing: Bool)
+        case close(ConnectionID)
+
+        var connection: ConnectionID {
+            switch self {
+            case .bytes(let id, _), .shutdown(let id, _, _), .close(let id): return id
+            }
+        }
+    }
+
+    /// State shared with the connection's thread.
+    private struct Shared {
+        var gate = OutputCommitGate<Output>()
+        var released: [Output] = []
+        var protected = false
+    }
+
+    private let inner: MachineWorld
+    private let lock = NSLock()
+    private var sharedState = Shared()
+    private let wake = WakeSignal()
+    /// Released outputs the kernel has not taken yet, per connection, in order; the first
+    /// `.bytes` may be partly sent (`sentOfFirst`). The machine's thread only.
+    private var outbox: [ConnectionID: [Output]] = [:]
+    private var sentOfFirst: [ConnectionID: Int] = [:]
+    /// Bytes held or in the outbox. The machine's thread only.
+    public private(set) var bufferedBytes = 0
+    public let bufferLimit: Int
+    /// The position an output made now must wait for. Set by whoever builds the stack.
+    public var positionOfNextOutput: () -> UInt64 = { 0 }
+    /// Called, while protected, before every wait of the guest: where an `llm` primary sends the
+    /// log so far, since the backup's acknowledgement of it is what releases held output.
+    public var beforeWaiting: (() -> Void)?
+
+    public init(holding inner: MachineWorld, bufferLimit: Int = 64 << 20) {
+        self.inner = inner
+        self.bufferLimit = bufferLimit
+    }
+
+    /// Give it to the live world (`LiveWorld.outputWakeDescriptor`) so a wait ends when output
+    /// is released.
+    public var wakeDescriptor: Int32 { wake.descriptor }
+
+    public var isProtected: Bool { withShared { $0.protected } }
+    public var heldCount: Int { withShared { $0.gate.heldCount } }
+
+    /// From now on outputs wait for the backup. Every position below `acknowledged` counts as
+    /// acknowledged already (what the backup holds from its seed).
+    public func protect(acknowledgedBelow acknowledged: UInt64) {
+        var gate = OutputCommitGate<Output>()
+        _ = try? gate.acknowledge(below: acknowledged)  // an empty gate releases nothing
+        withShared { shared in
+            shared.gate = gate
+            shared.protected = true
+        }
+    }
+
+    /// The backup is gone: everything held leaves now, and later output goes straight out.
+    /// Any thread.
+    public func unprotect() {
+        withShared { shared in
+            shared.protected = false
+            shared.released += shared.gate.releaseAll()
+        }
+        wake.raise()
+    }
+
+    /// The backup holds every position below `position`. Any thread.
+    public func acknowledge(below position: UInt64) throws(OutputCommitGate<Output>.AcknowledgementError) {
+        let any = try withShared { shared throws(OutputCommitGate<Output>.AcknowledgementError) -> Bool in
+            let now = try shared.gate.acknowledge(below: position)
+            shared.released += now
+            return !now.isEmpty
+        }
+        if any { wake.raise() }
+    }
+
+    private func withShared<Result, Failure: Error>(_ body: (inout Shared) throws(Failure) -> Result) throws(Failure) -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&sharedState)
+    }
+
+    // MARK: Delivery (the machine's thread)
+
+    private func deliverReleased() {
+        guard wake.consume() else { return }
+        let released = withShared { shared -> [Output] in
+            defer { shared.released.removeAll(keepingCapacity: true) }
+            return shared.released
+        }
+        var touched: Set<ConnectionID> = []
+        for output in released {
+            outbox[output.connection, default: []].append(output)
+            touched.insert(output.connection)
+        }
+        for connection in touched { flush(connection) }
+    }
+
+    /// Writes what the kernel takes of `connection`'s outbox, in order.
+    private func flush(_ connection: ConnectionID) {
+        guard var queue = outbox[connection] else { return }
+        var sent = sentOfFirst[connection] ?? 0
+        flushing: while let first = queue.first {
+            switch first {
+            case .bytes(_, let bytes):
+                let result = bytes.withUnsafeBytes { inner.send(connection: connection, bytes: UnsafeRawBufferPointer(rebasing: $0[sent...])) }
+                switch result {
+                case .done(let count):
+                    sent += count
+                    guard sent == bytes.count else { break flushing }
+                case .wouldBlock:
+                    break flushing
+                case .failed:
+                    // The client is gone; the guest learns it from its next receive.
+                    sent = bytes.count
+                }
+                bufferedBytes -= bytes.count
+                sent = 0
+            case .shutdown(_, let reading, let writing):
+                inner.shutdown(connection: connection, reading: reading, writing: writing)
+            case .close:
+                inner.close(connection: connection)
+            }
+            queue.removeFirst()
+        }
+        if queue.isEmpty {
+            outbox[connection] = nil
+            sentOfFirst[connection] = nil
+        } else {
+            outbox[connection] = queue
+            sentOfFirst[connection] = sent
+        }
+    }
+
+    /// Queues `output` behind what `connection` already has waiting, or holds it for the backup.
+    /// Nil when it should go straight to the inner world.
+    private func enqueue(_ output: Output) -> Bool {
+        let heldBack = withShared { shared -> Bool in
+            guard shared.protected else { return false }
+            if let free = shared.gate.hold(output, untilAcknowledged: positionOfNextOutput()) {
+                shared.released.append(free)
+                wake.raise()
+            }
+            return true
+        }
+        if heldBack { return true }
+        guard outbox[output.connection] != nil else { return false }
+        outbox[output.connection]!.append(output)
+        flush(output.connection)
+        return true
+    }
+
+    // MARK: MachineWorld
+
+    public func clockNow(_ clock: WorldClock) -> UInt64 { inner.clockNow(clock) }
+    public func randomBytes(into buffer: UnsafeMutableRawBufferPointer) { inner.randomBytes(into: buffer) }
+
+    public func accept(listener: ListenerID) -> WorldResult<ConnectionID> {
+        deliverReleased()
+        return inner.accept(listener: listener)
+    }
+
+    public func receive(connection: ConnectionID, into buffer: UnsafeMutableRawBufferPointer) -> WorldResult<Int> {
+        deliverReleased()
+        return inner.receive(connection: connection, into: buffer)
+    }
+
+    public func send(connection: ConnectionID, bytes: UnsafeRawBufferPointer) -> WorldResult<Int> {
+        deliverReleased()
+        if bytes.isEmpty { return .done(0) }
+        if bufferedBytes > 0 && bufferedBytes + bytes.count > bufferLimit { return .wouldBlock }
+        bufferedBytes += bytes.count
+        if enqueue(.bytes(connection, Array(bytes))) { return .done(bytes.count) }
+        bufferedBytes -= bytes.count
+        return inner.send(connection: connection, bytes: bytes)
+    }
+
+    public func shutdown(connection: ConnectionID, reading: Bool, writing: Bool) {
+        deliverReleased()
+        if !enqueue(.shutdown(connection, reading: reading, writing: writing)) {
+            inner.shutdown(connection: connection, reading: reading, writing: writing)
+        }
+    }
+
+    public func close(connection: ConnectionID) {
+        deliverReleased()
+        if !enqueue(.close(connection)) { inner.close(connection: connection) }
+    }
+
+    public func close(listener: ListenerID) { inner.close(listener: listener) }
+
+    /// Waits for the guest's interests; a wake for released output, or a backed-up outbox
+    /// becoming writable, is handled here and the wait goes on for what is left of the timeout.
+    public func poll(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome {
+        if let beforeWaiting, isProtected { beforeWaiting() }
+        let deadline = timeoutNanos.map { inner.clockNow(.monotonic) &+ $0 }
+        while true {
+            deliverReleased()
+            let backedUp = outbox.keys.map { PollInterest(target: .connection($0), readable: false, writable: true) }
+            var remaining = timeoutNanos
+            if let deadline {
+                let now = inner.clockNow(.monotonic)
+                remaining = deadline > now ? deadline - now : 0
+            }
+            let outcome = inner.poll(interests + backedUp, timeoutNanos: remaining)
+            guard case .ready(let readiness) = outcome else { return outcome }
+            for ready in readiness where ready.interest >= interests.count {
+                if case .connection(let id) = backedUp[ready.interest - interests.count].target { flush(id) }
+            }
+            let guests = readiness.filter { $0.interest < interests.count }
+            if !guests.isEmpty { return .ready(guests) }
+            if remaining == 0 { return .timedOut }
+        }
+    }
+
+    public func console(_ stream: ConsoleStream, bytes: UnsafeRawBufferPointer) { inner.console(stream, bytes: bytes) }
+    public func hostCallEntered() -> Bool { inner.hostCallEntered() }
+    public func guestWillSuspend() { inner.guestWillSuspend() }
+    public var haltReason: String? { inner.haltReason }
+}

@@ -1,0 +1,77 @@
+import Logging
+import NIOCore
+
+/// Keeps a replication connection honest about its peer, on both ends: sends a heartbeat every
+/// `interval` and closes the connection, with the reason logged, once nothing at all has been
+/// heard for `timeout`. A closed connection is how the layers above learn the peer is gone (the
+/// backup promotes, the primary continues unprotected), whether the peer's kernel said so at
+/// once or the peer just fell silent. Heartbeats are consumed here.
+final class HeartbeatHandler: ChannelDuplexHandler {
+    typealias InboundIn = WireMessage
+    typealias InboundOut = WireMessage
+    typealias OutboundIn = WireMessage
+    typealias OutboundOut = WireMessage
+
+    private let timing: HeartbeatTiming
+    private let logger: Logger
+    private var liveness: PeerLiveness?
+    private var beat: RepeatedTask?
+
+    init(timing: HeartbeatTiming, logger: Logger) {
+        self.timing = timing
+        self.logger = logger
+    }
+
+    private static var now: UInt64 { NIODeadline.now().uptimeNanoseconds }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context)
+        context.fireChannelActive()
+    }
+
+    private func start(_ context: ChannelHandlerContext) {
+        guard beat == nil else { return }
+        liveness = PeerLiveness(
+            intervalNanos: UInt64(timing.interval.nanoseconds), timeoutNanos: UInt64(timing.timeout.nanoseconds), now: Self.now)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        beat = context.eventLoop.scheduleRepeatedTask(initialDelay: timing.interval, delay: timing.interval) { [self] _ in
+            check(loopBound.value)
+        }
+    }
+
+    private func check(_ context: ChannelHandlerContext) {
+        guard let liveness else { return }
+        switch liveness.verdict(at: Self.now) {
+        case .alive: break
+        case .sendHeartbeat:
+            context.writeAndFlush(wrapOutboundOut(.heartbeat), promise: nil)
+        case .peerSilent(let nanos):
+            logger.warning(
+                "closing the replication connection",
+                metadata: ["reason": "the peer has been silent for \(nanos / 1_000_000) ms"])
+            beat?.cancel()
+            context.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        liveness?.heard(at: Self.now)
+        if case .heartbeat = unwrapInboundIn(data) { return }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        liveness?.sent(at: Self.now)
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        beat?.cancel()
+        beat = nil
+        context.fireChannelInactive()
+    }
+}

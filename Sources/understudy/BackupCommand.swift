@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import UnderstudyCore
+import UnderstudyMachine
+import UnderstudyProtection
+import UnderstudyReplication
+
+struct BackupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backup",
+        abstract: "Protect a primary's machine, and take over its service when the primary dies.",
+        discussion: """
+            Waits for a primary on --replication. The primary sends its module and configuration, \
+            a full checkpoint, then what its mode sends: checkpoints every epoch (remus) or the \
+            event log and a checkpoint every interval (llm). Each is checked whole before it is \
+            applied. When the primary's connection ends without a goodbye, or it is silent for \
+            --heartbeat-timeout, this process restores the latest checkpoint (and in llm replays \
+            the log after it), listens on --listen and serves. Connections open at the failover \
+            close; clients reconnect.
+            """
+    )
+
+    @Option(name: .long, help: "HOST:PORT to accept the primary's replication connection on.")
+    var replication: String
+
+    @Option(name: .long, help: "HOST:PORT the service listens on after a takeover, as many as the primary's --listen.")
+    var listen: [String] = []
+
+    @OptionGroup var heartbeat: HeartbeatOptions
+
+    @OptionGroup var metrics: MetricsOption
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        _ = try ServiceAddress.listenAddresses(listen)
+        _ = try replicationAddress()
+        _ = try heartbeat.timing()
+    }
+
+    private func replicationAddress() throws -> ServiceAddress {
+        do { return try ServiceAddress(parsing: replication) } catch { throw ValidationError("--replication \(error)") }
+    }
+
+    func run() throws {
+        let logger = logging.bootstrap(label: "understudy.backup")
+        let addresses = try ServiceAddress.listenAddresses(listen)
+        let endpoint: MetricsEndpoint?
+        do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw fail(error) }
+        defer { endpoint?.close() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let service = BackupService(logger: logger)
+        let timing = try heartbeat.timing()
+        let address = try replicationAddress()
+        do {
+            let bound = try group.next().makeFutureWithTask { try await service.listen(on: address, heartbeat: timing, group: group) }.wait()
+            logger.notice("waiting for a primary", metadata: ["replication": "\(bound)"])
+        } catch {
+            throw fail(error)
+        }
+        let promotion = service.waitForPromotion()
+        _ = try? group.next().makeFutureWithTask { await service.close() }.wait()
+        do {
+            let suspension = SuspensionRequest()
+            let takeover = try Takeover(promotion, listening: addresses, suspension: suspension, logger: logger)
+            let replayed = promotion.log.count
+            takeover.replay?.onWentLive = {
+                logger.notice(
+                    "replayed the log; live",
+                    metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\(Self.millis(since: promotion.detected))"])
+            }
+            logger.notice(
+                "serving",
+                metadata: [
+                    "listen": "\(addresses.map(\.description).joined(separator: ","))",
+                    "sinceDetectionMillis": "\(Self.millis(since: promotion.detected))",
+                ])
+            let code = try takeover.machine.run()
+            throw ExitCode(code)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    private func fail(_ error: Error) -> ExitCode {
+        FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
+        return ExitCode(1)
+    }
+
+    static func millis(since instant: ContinuousClock.Instant) -> Int64 {
+        let (seconds, attoseconds) = (ContinuousClock.now - instant).components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
+
+/// `--heartbeat-interval` and `--heartbeat-timeout`, shared by primary and backup.
+struct HeartbeatOptions: ParsableArguments {
+    @Option(name: .long, help: "How often each side says it is alive when it has nothing else to send (default 10ms).")
+    var heartbeatInterval: DurationArgument?
+
+    @Option(name: .long, help: "Silence after which the peer counts as gone (default 100ms): the backup takes over, the primary goes on unprotected.")
+    var heartbeatTimeout: DurationArgument?
+
+    func timing() throws -> HeartbeatTiming {
+        let interval = heartbeatInterval.map { TimeAmount.nanoseconds($0.duration.nanoseconds) } ?? HeartbeatTiming.standard.interval
+        let timeout = heartbeatTimeout.map { TimeAmount.nanoseconds($0.duration.nanoseconds) } ?? HeartbeatTiming.standard.timeout
+        guard timeout > interval else { throw ValidationError("--heartbeat-timeout must be longer than --heartbeat-interval") }
+        return HeartbeatTiming(interval: interval, timeout: timeout)
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
+}

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import UnderstudyCheckpoint
+import UnderstudyCore
+import UnderstudyMachine
+import UnderstudyProtection
+import UnderstudyReplication
+
+struct PrimaryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "primary",
+        abstract: "Run a guest protected by a backup (`understudy backup`), in remus or llm mode.",
+        discussion: """
+            Serves at once and connects to --backup in the background; once the backup holds a \
+            full checkpoint the machine is protected: output leaves only when the backup has \
+            acknowledged what it takes to reproduce it (remus: the epoch's checkpoint; llm: the \
+            log up to the output). If the backup is lost the primary releases what it held, goes \
+            on unprotected, and seeds the backup again when it can reach it.
+            """
+    )
+
+    @Argument(help: "The guest: a wasm32-wasi command module.")
+    var module: String
+
+    @Option(name: .long, help: "HOST:PORT to listen on; repeat for more. The first becomes the guest's fd 3.")
+    var listen: [String] = []
+
+    @Option(name: .long, help: "HOST:PORT of the backup's --replication.")
+    var backup: String
+
+    @Option(name: .long, help: "remus (a checkpoint every --epoch, output held until it is applied) or llm (the event log streamed, output held until the log before it is held).")
+    var mode: ReplicationMode
+
+    @Option(name: .long, help: "remus: the epoch, like 25ms (default 25ms).")
+    var epoch: DurationArgument?
+
+    @Option(name: .long, help: "llm: how often a checkpoint is sent, bounding what a takeover replays (default 1s).")
+    var checkpointInterval: DurationArgument?
+
+    @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
+    var env: [String] = []
+
+    @OptionGroup var heartbeat: HeartbeatOptions
+
+    @OptionGroup var metrics: MetricsOption
+
+    @OptionGroup var logging: LoggingOptions
+
+    @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
+    var guestArguments: [String] = []
+
+    func validate() throws {
+        _ = try ServiceAddress.listenAddresses(listen)
+        _ = try backupAddress()
+        _ = try heartbeat.timing()
+        for pair in env where !pair.contains("=") { throw ValidationError("--env '\(pair)' is not KEY=VALUE") }
+        guard mode == .remus || mode == .llm else { throw ValidationError("--mode must be remus or llm (active is not built yet)") }
+        if epoch != nil && mode != .remus { throw ValidationError("--epoch applies to --mode remus") }
+        if checkpointInterval != nil && mode != .llm { throw ValidationError("--checkpoint-interval applies to --mode llm") }
+    }
+
+    private func backupAddress() throws -> ServiceAddress {
+        do { return try ServiceAddress(parsing: backup) } catch { throw ValidationError("--backup \(error)") }
+    }
+
+    func run() throws {
+        let logger = logging.bootstrap(label: "understudy.primary")
+        let addresses = try ServiceAddress.listenAddresses(listen)
+        do {
+            let endpoint = try metrics.address().map(MetricsEndpoint.init(address:))
+            defer { endpoint?.close() }
+            let prepared = try ModulePreparer().prepare(path: module)
+            let moduleBytes = Array(try Data(contentsOf: URL(fileURLWithPath: module)))
+            let name = URL(fileURLWithPath: module).lastPathComponent
+            let configuration = MachineConfiguration(
+                arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count)
+            let manifest = RecordingManifest(
+                moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
+                listenerCount: configuration.listenerCount)
+            let suspension = SuspensionRequest()
+            let live = try LiveWorld(listening: addresses, suspension: suspension)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            var options = PrimaryReplicator.Options(mode: mode, backup: try backupAddress(), heartbeat: try heartbeat.timing())
+            if let epoch { options.epoch = epoch.duration }
+            if let checkpointInterval { options.checkpointInterval = checkpointInterval.duration }
+            let replicator = PrimaryReplicator(
+                options: options, prepared: prepared, module: moduleBytes, configuration: Array(try JSONEncoder().encode(manifest)),
+                live: live, suspension: suspension, group: group, logger: logger)
+            let machine = try Machine(prepared: prepared, world: replicator.world, suspension: suspension, configuration: configuration)
+            replicator.start(machine)
+            logger.notice(
+                "serving",
+                metadata: [
+                    "guest": "\(name)", "module": "\(prepared.hash.prefix(16))", "mode": "\(mode)",
+                    "listen": "\(addresses.map(\.description).joined(separator: ","))", "backup": "\(backup)",
+                ])
+            let code: Int32
+            do {
+                code = try machine.run()
+            } catch {
+                replicator.stop()
+                throw error
+            }
+            replicator.stop()
+            throw ExitCode(code)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+extension ReplicationMode: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let mode = Self.allCases.first(where: { $0.description == argument }) else { return nil }
+        self = mode
+    }
+}
