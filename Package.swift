@@ -104,6 +104,6 @@ let package = Package(
             ]
         ),
         // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).
-        .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore", "UnderstudyReplication"]),
     ]
 )

@@ -1,0 +1,206 @@
+import Foundation
+import Glibc
+import UnderstudyCore
+import XCTest
+
+/// A protected machine's primary is SIGKILLed at a random moment under load; the backup takes
+/// over, and everything a client saw acknowledged is still there (issue 4). Twenty kills per
+/// run across both modes and two guests. Set `UNDERSTUDY_FAILOVER_SEED` to repeat a run.
+final class FailoverTests: XCTestCase {
+    private static let seed: UInt64 = ProcessInfo.processInfo.environment["UNDERSTUDY_FAILOVER_SEED"].flatMap(UInt64.init)
+        ?? UInt64.random(in: 1...UInt64.max)
+    private lazy var generator = SeededGenerator(seed: Self.seed)
+
+    override func setUp() {
+        print("FailoverTests seed: \(Self.seed) (UNDERSTUDY_FAILOVER_SEED)")
+    }
+
+    // MARK: bank: money conserved, no acknowledged transfer lost, no reply contradicted
+
+    func testBankSurvivesPrimaryKillsInLLMMode() throws { try bankKills(mode: "llm", count: 5) }
+    func testBankSurvivesPrimaryKillsInRemusMode() throws { try bankKills(mode: "remus", count: 5) }
+
+    private func bankKills(mode: String, count: Int) throws {
+        var downtimes: [Double] = []
+        for round in 0..<count {
+            let clients = 4
+            let pair = try ProtectedPair("bank", mode: mode, guestArguments: ["\(2 * clients)", "1000"])
+            defer { pair.stop() }
+            let models = (0..<UInt64(clients)).map { (index: UInt64) -> BankClient in
+                BankClient(port: pair.servicePort, accounts: (2 * index, 2 * index + 1))
+            }
+            let threads = models.map { model in Thread { model.run() } }
+            threads.forEach { $0.start() }
+            usleep(UInt32(150_000 + generator.next() % 450_000))
+            let downtime = try pair.killPrimaryAndWaitForTakeover { port in (try? LineClient(port: port).request("AUDIT")) != nil }
+            downtimes.append(downtime)
+            models.forEach { $0.waitUntilStopped() }
+            let auditor = try LineClient(port: pair.servicePort)
+            let audit = try auditor.request("AUDIT").split(separator: " ")
+            XCTAssertEqual(audit.first, "AUDIT", "round \(round)")
+            XCTAssertEqual(audit.dropFirst().first.flatMap { UInt64($0) }, UInt64(2 * clients) * 1000, "money was not conserved (round \(round))")
+            let committed = audit.dropFirst(2).first.flatMap { UInt64($0) } ?? 0
+            var acknowledged = 0
+            for model in models {
+                XCTAssertNil(model.contradiction, "round \(round): \(model.contradiction ?? "")")
+                acknowledged += model.acknowledged
+                XCTAssertGreaterThanOrEqual(committed, model.highestTransaction, "an acknowledged transfer is missing (round \(round))")
+                let balances = try [model.accounts.0, model.accounts.1].map { account -> Int64 in
+                    let reply = try auditor.request("BALANCE \(account)").split(separator: " ")
+                    return Int64(reply.last ?? "") ?? -1
+                }
+                XCTAssertTrue(
+                    model.admits(balances), "round \(round): balances \(balances) contradict the acknowledged \(model.expected) (in flight: \(String(describing: model.inFlight)))")
+            }
+            XCTAssertGreaterThan(acknowledged, 0, "no transfer was acknowledged before the kill (round \(round))")
+        }
+        print("bank \(mode) failover downtime (ms, SIGKILL to first answer): \(downtimes.map { Int($0) })")
+    }
+
+    // MARK: kv with redis-cli: every acknowledged SET and INCR survives
+
+    func testKVSurvivesPrimaryKillsInLLMMode() throws { try kvKills(mode: "llm", count: 5) }
+    func testKVSurvivesPrimaryKillsInRemusMode() throws { try kvKills(mode: "remus", count: 5) }
+
+    private func kvKills(mode: String, count: Int) throws {
+        let commands = FileManager.default.temporaryDirectory.appendingPathComponent("kv-sets-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: commands) }
+        try (0..<100_000).map { "SET key:\($0) value-\($0)\n" }.joined().write(to: commands, atomically: true, encoding: .utf8)
+        var downtimes: [Double] = []
+        for round in 0..<count {
+            let pair = try ProtectedPair("kv", mode: mode)
+            defer { pair.stop() }
+            let port = "\(pair.servicePort)"
+            let setter = try ClientProcess("redis-cli", ["-p", port], stdin: commands)
+            let incrementer = try ClientProcess("redis-cli", ["-p", port, "-r", "1000000", "-i", "0", "INCR", "counter"])
+            let load = try ClientProcess("redis-benchmark", ["-p", port, "-t", "set,get", "-n", "10000000", "-c", "8", "-q"])
+            usleep(UInt32(200_000 + generator.next() % 400_000))
+            let downtime = try pair.killPrimaryAndWaitForTakeover { port in
+                guard let client = try? LineClient(port: port, timeoutSeconds: 5) else { return false }
+                try? client.send("*1\r\n$4\r\nPING\r\n")
+                return (try? client.readLine()) == "+PONG"
+            }
+            downtimes.append(downtime)
+            [setter, incrementer, load].forEach { $0.stop() }
+
+            let setLines = setter.output.split(separator: "\n", omittingEmptySubsequences: false)
+            let acknowledgedSets = setLines.prefix { $0 == "OK" }.count
+            let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.map { Int($0)! }
+            XCTAssertGreaterThan(acknowledgedSets + increments.count, 0, "nothing was acknowledged before the kill (round \(round))")
+            XCTAssertTrue(
+                increments.enumerated().allSatisfy { $0.element == $0.offset + 1 },
+                "round \(round): INCR replies were not 1, 2, 3, …: \(increments.prefix(5))… of \(increments.count)")
+            let counter = Int(try redisCLI(pair.servicePort, "GET", "counter")) ?? 0
+            XCTAssertTrue(
+                counter == increments.count || counter == increments.count + 1,
+                "counter is \(counter) after \(increments.count) acknowledged INCRs (round \(round))")
+            for start in stride(from: 0, to: acknowledgedSets, by: 500) {
+                let keys = (start..<min(start + 500, acknowledgedSets)).map { "key:\($0)" }
+                let values = try redisCLI(pair.servicePort, ["MGET"] + keys).split(separator: "\n").map(String.init)
+                let wanted = keys.map { "value-\($0.dropFirst(4))" }
+                if let missing = zip(keys, zip(values, wanted)).first(where: { $0.1.0 != $0.1.1 }) {
+                    XCTFail("round \(round): \(missing.0) was acknowledged but reads '\(missing.1.0)' after the takeover (\(acknowledgedSets) SETs acknowledged)")
+                    break
+                }
+                XCTAssertEqual(values.count, keys.count, "round \(round): MGET answered \(values.count) of \(keys.count) keys")
+            }
+        }
+        print("kv \(mode) failover downtime (ms, SIGKILL to first PONG): \(downtimes.map { Int($0) })")
+    }
+
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try redisCLI(port, arguments) }
+
+    private func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
+        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// One bank client that owns two accounts, so it can know their balances exactly: it moves money
+/// between them until its connection fails, keeping the model of what was acknowledged and the
+/// one transfer in flight when it failed.
+final class BankClient: @unchecked Sendable {
+    let accounts: (UInt64, UInt64)
+    private let port: UInt16
+    private(set) var expected: [Int64] = [1000, 1000]
+    private(set) var inFlight: (from: Int, amount: Int64)?
+    private(set) var acknowledged = 0
+    private(set) var highestTransaction: UInt64 = 0
+    private(set) var contradiction: String?
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(port: UInt16, accounts: (UInt64, UInt64)) {
+        self.port = port
+        self.accounts = accounts
+    }
+
+    func run() {
+        defer { stopped.signal() }
+        guard let client = try? LineClient(port: port, timeoutSeconds: 5) else { return }
+        var step: Int64 = 1
+        while true {
+            let from = expected[0] >= expected[1] ? 0 : 1
+            let amount = min(expected[from], step % 47 + 1)
+            step += 1
+            let ids = [accounts.0, accounts.1]
+            inFlight = (from, amount)
+            guard let reply = try? client.request("TRANSFER \(ids[from]) \(ids[1 - from]) \(amount)") else { return }
+            inFlight = nil
+            let words = reply.split(separator: " ")
+            guard words.count == 2, words[0] == "OK", let txid = UInt64(words[1]), txid > highestTransaction else {
+                contradiction = "TRANSFER of \(amount) from a balance of \(expected[from]) got '\(reply)'"
+                return
+            }
+            highestTransaction = txid
+            expected[from] -= amount
+            expected[1 - from] += amount
+            acknowledged += 1
+        }
+    }
+
+    func waitUntilStopped() { stopped.wait() }
+
+    /// The balances after failover are the acknowledged ones, or those plus the transfer in
+    /// flight (it may have taken effect without its reply being released).
+    func admits(_ balances: [Int64]) -> Bool {
+        if balances == expected { return true }
+        guard let inFlight else { return false }
+        var applied = expected
+        applied[inFlight.from] -= inFlight.amount
+        applied[1 - inFlight.from] += inFlight.amount
+        return balances == applied
+    }
+}
+
+/// A client program left running (redis-cli, redis-benchmark), its stdout and stderr kept in one
+/// file in the order written (redis-cli flushes each reply), so an error line marks where the
+/// acknowledged prefix ends.
+final class ClientProcess {
+    private let process = Process()
+    private let out: URL
+
+    init(_ program: String, _ arguments: [String], stdin: URL? = nil) throws {
+        out = FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [program] + arguments
+        process.standardOutput = try FileHandle(forWritingTo: out)
+        process.standardError = process.standardOutput
+        process.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
+        try process.run()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: out)
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    var output: String { (try? String(contentsOf: out, encoding: .utf8)) ?? "" }
+}
