@@ -72,7 +72,7 @@ final class BackupReplica {
             throw Refusal("the module cannot be prepared: \(error)")
         }
         guard prepared.hash == moduleHash, manifest.moduleHash == moduleHash else {
-            throw Refusal("the module prepares to \(prepared.hash.prefix(16)), not the \(moduleHash.prefix(16)) the hello named")
+            throw Refusal("the module prepares to \(prepared.hash), not the \(moduleHash) the hello named")
         }
         self.prepared = prepared
         self.manifest = manifest

@@ -1,0 +1,219 @@
+import Foundation
+import Glibc
+import UnderstudyReplication
+import XCTest
+
+/// The backup faced with a lost backup's primary, and with peers that send garbage, the wrong
+/// protocol version, the wrong module or a cut checkpoint: each refused with a clear line, and
+/// the machine it protects (or will protect) is unharmed.
+final class ReplicationPeerTests: XCTestCase {
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String {
+        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func pingProbe(_ port: UInt16) -> Bool {
+        (try? Harness.run("redis-cli", ["-p", "\(port)", "PING"]))?.stdout.contains("PONG") == true
+    }
+
+    // MARK: Losing the backup
+
+    func testPrimaryServesOnWhenItsBackupDiesThenReprotectsInLLMMode() throws { try backupKill(mode: "llm") }
+    func testPrimaryServesOnWhenItsBackupDiesThenReprotectsInRemusMode() throws { try backupKill(mode: "remus") }
+
+    private func backupKill(mode: String) throws {
+        let pair = try ProtectedPair("kv", mode: mode)
+        defer { pair.stop() }
+        let incrementer = try ClientProcess("redis-cli", ["-p", "\(pair.servicePort)", "-r", "1000000", "-i", "0", "INCR", "counter"])
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "before", "1"), "OK")
+        usleep(200_000)
+        pair.backup.kill()
+        // Unprotected, the primary answers at once instead of holding replies for a backup
+        // that is gone (a stall would time this client out).
+        let client = try LineClient(port: pair.servicePort, timeoutSeconds: 5)
+        try client.send("*3\r\n$3\r\nSET\r\n$6\r\nduring\r\n$1\r\n2\r\n")
+        XCTAssertEqual(try client.readLine(), "+OK")
+        try pair.primary.waitFor("backup lost; continuing unprotected")
+
+        try pair.restartBackup()
+        try pair.primary.waitFor("the machine is protected", times: 2)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "after", "3"), "OK")
+        usleep(100_000)
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        incrementer.stop()
+        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "before", "during", "after"), "1\n2\n3")
+        let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.count
+        let counter = Int(try redisCLI(pair.servicePort, "GET", "counter")) ?? -1
+        XCTAssertGreaterThan(increments, 0)
+        XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
+    }
+
+    // MARK: Bad peers
+
+    func testGarbageAndSecondPrimariesAreRefusedWhileTheMachineStaysProtected() throws {
+        let pair = try ProtectedPair("kv", mode: "llm")
+        defer { pair.stop() }
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+
+        let garbage = try WirePeer(port: pair.replicationPort)
+        try garbage.send(Array("GET / HTTP/1.1\r\nHost: backup\r\n\r\n0123456789abcdef".utf8))
+        XCTAssertNil(try garbage.receive(), "garbage got an answer")
+        try pair.backup.waitFor("fails its checksum")
+
+        let oldClient = try WirePeer(port: pair.replicationPort)
+        try oldClient.send(.hello(.init(protocolVersion: 99, mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        guard case .refusal(let versionReason) = try oldClient.receive() else { return XCTFail("no refusal for version 99") }
+        XCTAssertTrue(versionReason.contains("protocol version 99"), versionReason)
+
+        let rival = try WirePeer(port: pair.replicationPort)
+        try rival.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        guard case .refusal(let rivalReason) = try rival.receive() else { return XCTFail("a second primary was not refused") }
+        XCTAssertTrue(rivalReason.contains("already protects a primary"), rivalReason)
+
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+    }
+
+    func testWrongModuleAndCutCheckpointAreRefusedAndTheBackupStillProtectsARealPrimary() throws {
+        let module = try Harness.guest("kv")
+        let moduleBytes = Array(try Data(contentsOf: URL(fileURLWithPath: module)))
+        let servicePort = Harness.freePort()
+        let replicationPort = Harness.freePort()
+        let backup = try ProtectedPair.startBackup(replicationPort: replicationPort, servicePort: servicePort)
+        defer { backup.kill() }
+        let configuration = { (hash: String) in
+            Array(#"{"version":1,"moduleHash":"\#(hash)","arguments":["kv.wasm"],"environment":[],"listenerCount":1}"#.utf8)
+        }
+
+        // The hello names one module, the module sent is another.
+        let liar = try WirePeer(port: replicationPort)
+        try liar.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "a", count: 64))))
+        XCTAssertEqual(try liar.receive(), .welcome)
+        try liar.send(.module(bytes: moduleBytes, configuration: configuration(String(repeating: "a", count: 64))))
+        let answer = try liar.receive()
+        guard case .refusal(let moduleReason) = answer else { return XCTFail("a wrong module was not refused: \(String(describing: answer))\n\(backup.output)") }
+        let realHash = try XCTUnwrap(
+            moduleReason.split(whereSeparator: { $0 == " " || $0 == "," }).first { $0.count == 64 && $0 != String(repeating: "a", count: 64) },
+            moduleReason)
+        try backup.waitFor("refusing the primary's message")
+
+        // The right module, then a checkpoint cut short (a real one, recorded by `run --record`).
+        let checkpoint = try recordedCheckpoint()
+        let cutter = try WirePeer(port: replicationPort)
+        try cutter.send(.hello(.init(mode: .llm, moduleHash: String(realHash))))
+        XCTAssertEqual(try cutter.receive(), .welcome)
+        try cutter.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash))))
+        try cutter.send(.checkpoint(epoch: 1, bytes: Array(checkpoint.prefix(checkpoint.count / 2))))
+        guard case .refusal(let cutReason) = try cutter.receive() else { return XCTFail("a cut checkpoint was not refused") }
+        XCTAssertTrue(cutReason.contains("checkpoint 1 refused"), cutReason)
+        cutter.close()
+        usleep(200_000)
+        XCTAssertTrue(backup.process.isRunning, "the backup died:\n\(backup.output)")
+        XCTAssertTrue(backup.output.contains("not taking over"), backup.output)
+        XCTAssertFalse(pingProbe(servicePort), "the backup took over from a peer it refused")
+
+        // A real primary is still welcome, and protected.
+        let primary = try UnderstudyProcess(
+            "primary",
+            ["primary", module, "--listen", "127.0.0.1:\(servicePort)", "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm"])
+        defer { primary.kill() }
+        try primary.waitFor("the machine is protected")
+        XCTAssertEqual(try redisCLI(servicePort, "SET", "survivor", "yes"), "OK")
+        Glibc.kill(primary.process.processIdentifier, SIGKILL)
+        let deadline = Date().addingTimeInterval(30)
+        while !pingProbe(servicePort) && Date() < deadline { usleep(5_000) }
+        XCTAssertEqual(try redisCLI(servicePort, "GET", "survivor"), "yes")
+    }
+
+    /// The bytes of checkpoint 1 of a short recording of kv.
+    private func recordedCheckpoint() throws -> [UInt8] {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cut-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let served = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
+        let file = directory.appendingPathComponent("checkpoint-000001.ckpt")
+        let deadline = Date().addingTimeInterval(30)
+        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent("checkpoint-000002.ckpt").path) && Date() < deadline {
+            usleep(20_000)
+        }
+        served.stop()
+        return Array(try Data(contentsOf: file))
+    }
+}
+
+/// A replication peer made by hand: frames (or garbage) over a raw TCP socket. Once it has said
+/// hello it beats every 10 ms, as a primary does, so the backup does not give it up for silence.
+final class WirePeer: @unchecked Sendable {
+    private let fd: Int32
+    private var sequence: UInt64 = 0
+    private var decoder = WireDecoder()
+    private let lock = NSLock()
+    private var beating: Thread?
+
+    init(port: UInt16) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            Glibc.close(fd)
+            throw POSIXError(.ECONNREFUSED)
+        }
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close() }
+
+    private var closed = false
+    func close() {
+        lock.withLock {
+            if !closed { Glibc.close(fd) }
+            closed = true
+        }
+        beating?.cancel()
+    }
+
+    func send(_ message: WireMessage) throws {
+        try lock.withLock {
+            guard !closed else { throw POSIXError(.EBADF) }
+            try send(WireCodec.encode(message, sequence: sequence))
+            sequence += 1
+        }
+        if case .hello = message, beating == nil {
+            let thread = Thread { [weak self] in
+                while !Thread.current.isCancelled, (try? self?.send(.heartbeat)) != nil { usleep(10_000) }
+            }
+            beating = thread
+            thread.start()
+        }
+    }
+
+    func send(_ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            let result = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard result > 0 else { throw POSIXError(.EPIPE) }
+            sent += result
+        }
+    }
+
+    /// The next message that is not a heartbeat; nil once the backup closes the connection.
+    func receive() throws -> WireMessage? {
+        while true {
+            while let message = try decoder.next() {
+                if message != .heartbeat { return message }
+            }
+            var chunk = [UInt8](repeating: 0, count: 65_536)
+            let got = recv(fd, &chunk, chunk.count, 0)
+            if got == 0 { return nil }
+            guard got > 0 else { throw POSIXError(.ETIMEDOUT) }
+            decoder.append(chunk[..<got])
+        }
+    }
+}
