@@ -33,11 +33,12 @@ final class HandshakeTests: XCTestCase {
             to: address, hello: .init(mode: .llm, moduleHash: hash), group: group, logger: logger)
         try await channel.writeAndFlush(WireMessage.logRecords(first: 0, bytes: [1, 2, 3]))
         try await channel.writeAndFlush(WireMessage.heartbeat)
+        try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 1))
         var iterator = arrived.stream.makeAsyncIterator()
         let first = await iterator.next()
         let second = await iterator.next()
         XCTAssertEqual(first, .logRecords(first: 0, bytes: [1, 2, 3]))
-        XCTAssertEqual(second, .heartbeat)
+        XCTAssertEqual(second, .checkpointApplied(epoch: 1), "heartbeats are consumed by the connection, not handed on")
         try await channel.close()
         try await listener.close()
     }
@@ -57,6 +58,45 @@ final class HandshakeTests: XCTestCase {
                 XCTAssertEqual(error, .refused(reason))
             }
         }
+        try await listener.close()
+    }
+
+    /// A welcomed peer that falls silent is given up after the heartbeat timeout, and the layer
+    /// above hears of it (the backup promotes on this); the listener's own beats keep arriving
+    /// meanwhile.
+    func testASilentPeerIsClosedAfterTheHeartbeatTimeout() async throws {
+        let closed = AsyncStream<Void>.makeStream()
+        let listener = try await ReplicationListener.bind(
+            try ServiceAddress(parsing: "127.0.0.1:0"), group: group, logger: logger,
+            heartbeat: HeartbeatTiming(interval: .milliseconds(5), timeout: .milliseconds(40)),
+            onClose: { _ in closed.continuation.yield() })
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var socketAddress = sockaddr_in()
+        socketAddress.sin_family = sa_family_t(AF_INET)
+        socketAddress.sin_port = UInt16(listener.localAddress.port!).bigEndian
+        socketAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &socketAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(connected, 0)
+        let hello = WireCodec.encode(.hello(.init(mode: .llm, moduleHash: hash)), sequence: 0)
+        XCTAssertEqual(hello.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, hello.count)
+        let started = ContinuousClock.now
+        var iterator = closed.stream.makeAsyncIterator()
+        _ = await iterator.next()
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - started, .milliseconds(30), "closed before the timeout")
+        var decoder = WireDecoder()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let got = recv(fd, &chunk, chunk.count, 0)
+            if got <= 0 { break }
+            decoder.append(chunk[..<got])
+        }
+        var messages: [WireMessage] = []
+        while let message = try decoder.next() { messages.append(message) }
+        XCTAssertEqual(messages.first, .welcome)
+        XCTAssertTrue(messages.dropFirst().contains(.heartbeat), "the backup beat while it waited: \(messages)")
         try await listener.close()
     }
 
