@@ -24,6 +24,22 @@ public final class CheckpointCapture {
     /// The next checkpoint is full again (a new backup needs everything).
     public func startOver() { taken = 0 }
 
+    /// The start of a pre-copy (kernel tracking only; nil without it): tracking starts afresh now,
+    /// and the memory is handed out to be copied *while the guest runs*. That is sound because
+    /// linear memory stays mapped at one address (`.mprotect` bounds checking) and every page the
+    /// guest writes meanwhile is reported dirty, so the next `capture` — a delta — makes the copy
+    /// exact. The memory must not be read after the machine is gone.
+    public func beginPrecopy(_ machine: Machine) throws -> (memory: UnsafeRawBufferPointer, rest: MachineState)? {
+        guard let kernelTracker else { return nil }
+        let rest = try machine.captureStateExceptMemory()
+        let memory = try machine.withLinearMemory { memory -> UnsafeRawBufferPointer in
+            _ = try kernelTracker.dirtyPages(of: memory)
+            return memory
+        }
+        taken = 1
+        return (memory, rest)
+    }
+
     /// Captures `machine`, suspended, at log position `logPosition`.
     public func capture(_ machine: Machine, logPosition: UInt64) throws -> CapturedCheckpoint {
         let rest = try machine.captureStateExceptMemory()

@@ -30,8 +30,9 @@ final class BackupReplica {
         self.preparer = preparer
     }
 
-    /// True once a seed is applied: there is a machine to promote.
-    var canPromote: Bool { state != nil && prepared != nil && manifest != nil }
+    /// True once a consistent checkpoint is applied: there is a machine to promote. Checkpoint 0
+    /// is a pre-copy, taken while the guest ran, and only checkpoint 1 makes it exact.
+    var canPromote: Bool { state != nil && epoch >= 1 && prepared != nil && manifest != nil }
 
     /// Handles one message from the primary; returns the acknowledgement to send, if any.
     func handle(_ message: WireMessage) throws(Refusal) -> WireMessage? {
@@ -80,7 +81,8 @@ final class BackupReplica {
 
     private func apply(checkpoint bytes: [UInt8], epoch: UInt64) throws(Refusal) {
         guard prepared != nil else { throw Refusal("a checkpoint before the module") }
-        guard epoch == self.epoch + 1 else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
+        let expected = state == nil ? [0, 1] : [self.epoch + 1]
+        guard expected.contains(epoch) else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
         let checkpoint: Checkpoint
         do {
             checkpoint = try CheckpointCodec.decode(bytes)
@@ -92,7 +94,7 @@ final class BackupReplica {
             throw Refusal(state == nil ? "the first checkpoint is not full" : "a full checkpoint after the seed")
         }
         var log = self.log
-        if mode == .llm {
+        if mode == .llm && epoch >= 1 {
             do {
                 if log == nil { log = BackupLog(startingAt: checkpoint.logPosition) }
                 try log!.checkpointApplied(at: checkpoint.logPosition)

@@ -78,6 +78,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private var epoch: UInt64 = 0
     private var logBytesSinceCheckpoint = 0
     private var seedStarted: ContinuousClock.Instant?
+    /// Where a pre-copy seed stands (guarded by `lock`: the sender finishes the copy).
+    private var precopy = Precopy.none
+    private enum Precopy: Equatable {
+        case none
+        case copying(ObjectIdentifier)
+        case copied(ObjectIdentifier)
+    }
 
     public init(
         options: Options, prepared: PreparedModule, module: [UInt8], configuration: [UInt8], live: LiveWorld,
@@ -128,6 +135,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     public func stop() {
         timer?.cancel()
         connecting?.cancel()
+        sender.sync {}  // a pre-copy reads guest memory: done before the machine goes away
         let channels = lock.withLock { () -> [Channel] in
             stopped = true
             defer { (active, awaitingSeed) = (nil, nil) }
@@ -224,23 +232,74 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     private func suspended(_ machine: Machine) throws {
-        let (seeding, channel) = lock.withLock { () -> (Channel?, Channel?) in (awaitingSeed, active) }
+        let (seeding, channel, precopy) = lock.withLock { (awaitingSeed, active, self.precopy) }
         if let seeding {
-            try seed(seeding, machine)
+            switch precopy {
+            case .copying(ObjectIdentifier(seeding)): break  // the sender asks again once the copy is out
+            case .copied(ObjectIdentifier(seeding)): try finishSeed(seeding, machine)
+            default: try beginSeed(seeding, machine)  // nothing begun, or for a connection since lost
+            }
         } else if let channel {
             try checkpoint(machine, to: channel)
         }
     }
 
-    /// A full checkpoint, sent before anything else of this connection's stream; from its log
-    /// position on, output waits for the new backup.
-    private func seed(_ channel: Channel, _ machine: Machine) throws {
+    /// Seeding a new backup by pre-copy: checkpoint 0 is the whole memory, copied and sent while
+    /// the guest runs on; checkpoint 1, at the next suspension, is the pages written meanwhile,
+    /// and makes the backup exact. Without kernel dirty tracking there is no sound way to copy a
+    /// running guest, and checkpoint 1 is taken whole, stopped.
+    private func beginSeed(_ channel: Channel, _ machine: Machine) throws {
         try recording?.flush()  // what precedes the seed is in it, and goes nowhere
-        let position = recording?.position ?? 0
         capture.startOver()
-        let began = ContinuousClock.now
+        seedStarted = ContinuousClock.now
+        guard let (memory, rest) = try capture.beginPrecopy(machine) else {
+            return try finishSeed(channel, machine)
+        }
+        let copying = Precopy.copying(ObjectIdentifier(channel))
+        lock.withLock { precopy = copying }
+        let (logger, metrics, suspension, moduleHash) = (logger, metrics, suspension, prepared.hash)
+        let memoryBox = UnsafeSendable(memory)
+        logger.notice("seeding the backup: copying memory while the guest runs", metadata: ["bytes": "\(memory.count)"])
+        sender.async { [weak self] in
+            let memory = memoryBox.value
+            let began = ContinuousClock.now
+            var copy = [UInt8]()
+            copy.reserveCapacity(memory.count)
+            let chunk = 4 << 20
+            var reported = 0
+            for start in stride(from: 0, to: memory.count, by: chunk) {
+                copy.append(contentsOf: UnsafeRawBufferPointer(rebasing: memory[start..<min(start + chunk, memory.count)]))
+                let percent = copy.count * 100 / max(memory.count, 1)
+                if memory.count >= 64 << 20 && percent >= reported + 25 {
+                    reported = percent
+                    logger.notice("seeding the backup", metadata: ["copied": "\(copy.count >> 20) of \(memory.count >> 20) MiB"])
+                }
+            }
+            var state = rest
+            state.memory = copy
+            let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
+            metrics.bytesSent.increment(by: Int64(bytes.count))
+            channel.writeAndFlush(WireMessage.checkpoint(epoch: 0, bytes: bytes), promise: nil)
+            logger.notice(
+                "seeding the backup: memory copied and sent; the pages written meanwhile follow",
+                metadata: ["bytes": "\(bytes.count)", "millis": "\(Self.millis(ContinuousClock.now - began))"])
+            if let self {
+                // Only if no newer seed has begun since (this one's connection may be gone).
+                lock.withLock { if precopy == copying { precopy = .copied(ObjectIdentifier(channel)) } }
+            }
+            suspension.request()
+        }
+    }
+
+    /// Checkpoint 1 of a new backup, delta after a pre-copy or whole; from its log position on,
+    /// output waits for the backup and the mode's stream flows.
+    private func finishSeed(_ channel: Channel, _ machine: Machine) throws {
+        lock.withLock { precopy = .none }
+        try recording?.flush()
+        let position = recording?.position ?? 0
         let captured = try capture.capture(machine, logPosition: position)
         let bytes = CheckpointCodec.encode(captured.checkpoint!)
+        let pages = captured.pageCount
         captured.recycle()
         epoch = 1
         logBytesSinceCheckpoint = 0
@@ -257,10 +316,14 @@ public final class PrimaryReplicator: @unchecked Sendable {
         logger.notice(
             "seed sent",
             metadata: [
-                "bytes": "\(bytes.count)", "logPosition": "\(position)",
-                "captureMillis": "\((ContinuousClock.now - began).components.attoseconds / 1_000_000_000_000_000)",
+                "pages": "\(pages)", "bytes": "\(bytes.count)", "logPosition": "\(position)",
+                "sinceSeedStartMillis": "\(seedStarted.map { Self.millis(ContinuousClock.now - $0) } ?? 0)",
             ])
         channel.writeAndFlush(WireMessage.checkpoint(epoch: 1, bytes: bytes), promise: nil)
+    }
+
+    static func millis(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
     }
 
     private func checkpoint(_ machine: Machine, to channel: Channel) throws {
@@ -281,6 +344,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
             channel.writeAndFlush(WireMessage.checkpoint(epoch: sent, bytes: bytes), promise: nil)
         }
     }
+}
+
+/// A value the sender queue may hold though the compiler cannot prove it safe (the pre-copy's
+/// view of guest memory; see `CheckpointCapture.beginPrecopy`).
+private struct UnsafeSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 struct ProtocolViolation: Error, CustomStringConvertible {

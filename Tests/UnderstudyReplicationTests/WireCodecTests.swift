@@ -76,7 +76,7 @@ final class WireCodecTests: XCTestCase {
         withUnsafeBytes(of: headerCRC.littleEndian) { unknown.replaceSubrange(13..<17, with: $0) }
         XCTAssertEqual(decodeAll(unknown).1, .unknownType(77))
 
-        let big = WireCodec.encode(.module(bytes: Array(repeating: 1, count: 100), configuration: []), sequence: 0)
+        let big = WireCodec.encode(.module(bytes: Array(repeating: 1, count: 96), configuration: []), sequence: 0)  // + 4 bytes of length
         XCTAssertEqual(decodeAll(big, maximumPayload: 16).1, .tooLarge(bytes: 100, limit: 16))
     }
 

@@ -109,8 +109,10 @@ public final class Machine {
                 try asyncify.stopUnwind()
                 isSuspended = true
                 defer { isSuspended = false }
-                try onSuspended?(self)
+                // Cleared first: a request made while this suspension is handled (a pre-copy
+                // finishing, a timer) is for the next one and must not be lost.
                 suspension.clear()
+                try onSuspended?(self)
                 try asyncify.startRewind()
             } catch let error as MachineError {
                 throw error
