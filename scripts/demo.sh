@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make demo: the key-value guest served by understudy and recorded, driven by Debian's redis-cli
-# and redis-benchmark; then the server is killed (SIGKILL), its recording replayed and verified
-# in another process, and its last checkpoint restored and serving again. (Failover joins this
-# demo with the protection modes.)
+# make demo: a protected key-value guest failing over. A backup and a primary (llm mode, then the
+# remus baseline) serve kv on one port, driven by Debian's redis-cli and redis-benchmark; the
+# primary is killed with SIGKILL under load, the backup takes the port over, and every INCR a
+# client saw acknowledged is still there; the downtime is measured. Then the unprotected machine:
+# recorded, killed, its recording replayed and verified, its last checkpoint restored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$1
@@ -27,6 +28,73 @@ stop_servers() {
     done
 }
 trap stop_servers EXIT
+
+# SIGKILL a process and time until the service on a port answers PING again.
+kill_and_time() {
+    python3 - "$1" "$2" <<'PY'
+import os, signal, socket, sys, time
+pid, port = int(sys.argv[1]), int(sys.argv[2])
+started = time.perf_counter()
+os.kill(pid, signal.SIGKILL)
+while True:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                break
+    except OSError:
+        time.sleep(0.0005)
+print(f"{(time.perf_counter() - started) * 1000:.1f}")
+PY
+}
+
+failover() {
+    local mode=$1; shift
+    local replication
+    replication=$(free_port)
+    echo
+    echo "=== failover, mode $mode"
+    echo "== understudy backup --replication 127.0.0.1:$replication --listen 127.0.0.1:$port"
+    "$bin" backup --replication "127.0.0.1:$replication" --listen "127.0.0.1:$port" &
+    local backup=$!
+    servers+=($backup)
+    sleep 0.3
+    echo "== understudy primary guests/build/kv.wasm --listen 127.0.0.1:$port --backup 127.0.0.1:$replication --mode $mode $*"
+    "$bin" primary guests/build/kv.wasm --listen "127.0.0.1:$port" --backup "127.0.0.1:$replication" --mode "$mode" "$@" &
+    local primary=$!
+    servers+=($primary)
+    wait_listening "$port"
+    sleep 1  # the backup is seeded
+    redis-cli -p "$port" set greeting "hello from $mode" >/dev/null
+    echo "== redis-benchmark -p $port -t set,incr -n 20000 -q"
+    redis-benchmark -p "$port" -t set,incr -n 20000 -q 2>&1 | tr '\r' '\n' | grep "requests per second"
+    echo "== redis-benchmark -p $port -t set,incr -n 100000000 -q &   and   redis-cli -r 1000000 -i 0 INCR demo:counter &"
+    redis-benchmark -p "$port" -t set,incr -n 100000000 -q >/dev/null 2>&1 &
+    local load=$!
+    local acknowledged
+    acknowledged=$(mktemp)
+    redis-cli -p "$port" -r 1000000 -i 0 INCR demo:counter >"$acknowledged" 2>&1 &
+    local incr=$!
+    sleep 1
+    echo "== kill -9 $primary (the primary)"
+    local downtime
+    downtime=$(kill_and_time "$primary" "$port")
+    kill "$load" "$incr" 2>/dev/null || true
+    wait "$primary" "$load" "$incr" 2>/dev/null || true
+    local last
+    last=$(grep -E '^[0-9]+$' "$acknowledged" | tail -1)
+    rm -f "$acknowledged"
+    echo "== the backup serves 127.0.0.1:$port ${downtime} ms after the SIGKILL (detection, restore$( [ "$mode" = llm ] && echo ', log replay'), listen)"
+    echo "== redis-cli get greeting → $(redis-cli -p "$port" get greeting)"
+    echo "== last INCR a client saw acknowledged: $last; redis-cli get demo:counter → $(redis-cli -p "$port" get demo:counter) (never less)"
+    kill "$backup" 2>/dev/null || true
+    wait "$backup" 2>/dev/null || true
+}
+
+failover llm
+failover remus --epoch 25ms
+echo
+echo "=== unprotected: record, kill, replay, restore"
 
 echo "== understudy run guests/build/kv.wasm --listen 127.0.0.1:$port --record $recording --checkpoint-every 200ms"
 "$bin" run guests/build/kv.wasm --listen "127.0.0.1:$port" --record "$recording" --checkpoint-every 200ms &

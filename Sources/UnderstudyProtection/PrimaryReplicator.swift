@@ -61,7 +61,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private let logger: Logger
     private let capture: CheckpointCapture
     private let sender = DispatchQueue(label: "understudy.checkpoint-sender")
-    private let metrics = ReplicationMetrics(role: "primary")
+    private let metrics: ReplicationMetrics
+    /// The log position the stream has reached (llm), for the lag metric; guarded by `lock`.
+    private var logSent: UInt64 = 0
     private var timer: DispatchSourceTimer?
     private var connecting: Task<Void, Never>?
 
@@ -91,6 +93,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
     ) {
         self.options = options
+        metrics = ReplicationMetrics(role: "primary", mode: "\(options.mode)")
         self.prepared = prepared
         moduleMessage = .module(bytes: module, configuration: configuration)
         self.suspension = suspension
@@ -185,6 +188,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
             case .logHeld(let position):
                 guard options.mode == .llm else { throw ProtocolViolation("log held in \(options.mode) mode") }
                 try holding.acknowledge(below: position)
+                let sent = lock.withLock { logSent }
+                metrics.logLag.record(sent > position ? Int64(sent - position) : 0)
             case .checkpointApplied(let applied):
                 if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
                 if applied == 1 {
@@ -221,7 +226,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
     /// Called by the log stream with each batch (llm).
     fileprivate func send(logRecords bytes: [UInt8], first: UInt64) {
-        guard let channel = lock.withLock({ active }) else { return }
+        let end = recording?.position ?? first
+        guard let channel = lock.withLock({ () -> Channel? in
+            logSent = end
+            return active
+        }) else { return }
         metrics.bytesSent.increment(by: Int64(bytes.count))
         channel.writeAndFlush(WireMessage.logRecords(first: first, bytes: bytes), promise: nil)
         logBytesSinceCheckpoint += bytes.count

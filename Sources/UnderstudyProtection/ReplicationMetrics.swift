@@ -11,10 +11,11 @@ struct ReplicationMetrics {
     let failovers: Counter
     let checkpointsApplied: Counter
     let logHeld: Gauge
+    let logLag: Gauge
 
-    init(role: String) {
+    init(role: String, mode: String = "") {
         let dimensions = [("role", role)]
-        protected = Gauge(label: "understudy_protected", dimensions: dimensions)
+        protected = Gauge(label: "understudy_protected", dimensions: dimensions + (mode.isEmpty ? [] : [("mode", mode)]))
         epochs = Counter(label: "understudy_checkpoints_sent", dimensions: dimensions)
         bytesSent = Counter(label: "understudy_replicated_bytes", dimensions: dimensions)
         capture = Metrics.Timer(label: "understudy_checkpoint_capture", dimensions: dimensions)
@@ -22,5 +23,6 @@ struct ReplicationMetrics {
         failovers = Counter(label: "understudy_failovers", dimensions: dimensions)
         checkpointsApplied = Counter(label: "understudy_checkpoints_applied", dimensions: dimensions)
         logHeld = Gauge(label: "understudy_log_held_entries", dimensions: dimensions)
+        logLag = Gauge(label: "understudy_log_unacknowledged_entries", dimensions: dimensions)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Metrics
 import UnderstudyCore
 
 /// The primary's side of DESIGN.md invariant 2: wraps the live world and, while a backup protects
@@ -25,9 +26,15 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         }
     }
 
+    /// An output and when it began to wait (for the hold-time metric).
+    public struct Held: Sendable {
+        public var output: Output
+        public var since: ContinuousClock.Instant
+    }
+
     /// State shared with the connection's thread.
     private struct Shared {
-        var gate = OutputCommitGate<Output>()
+        var gate = OutputCommitGate<Held>()
         var released: [Output] = []
         var protected = false
     }
@@ -43,6 +50,8 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
     /// Bytes held or in the outbox. The machine's thread only.
     public private(set) var bufferedBytes = 0
     public let bufferLimit: Int
+    /// How long the oldest output of each acknowledgement waited (DESIGN.md: the cost of output commit).
+    private let holdTimer = Metrics.Timer(label: "understudy_output_hold")
     /// The position an output made now must wait for. Set by whoever builds the stack.
     public var positionOfNextOutput: () -> UInt64 = { 0 }
     /// Called, while protected, before every wait of the guest: where an `llm` primary sends the
@@ -64,7 +73,7 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
     /// From now on outputs wait for the backup. Every position below `acknowledged` counts as
     /// acknowledged already (what the backup holds from its seed).
     public func protect(acknowledgedBelow acknowledged: UInt64) {
-        var gate = OutputCommitGate<Output>()
+        var gate = OutputCommitGate<Held>()
         _ = try? gate.acknowledge(below: acknowledged)  // an empty gate releases nothing
         withShared { shared in
             shared.gate = gate
@@ -77,19 +86,21 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
     public func unprotect() {
         withShared { shared in
             shared.protected = false
-            shared.released += shared.gate.releaseAll()
+            shared.released += shared.gate.releaseAll().map(\.output)
         }
         wake.raise()
     }
 
     /// The backup holds every position below `position`. Any thread.
-    public func acknowledge(below position: UInt64) throws(OutputCommitGate<Output>.AcknowledgementError) {
-        let any = try withShared { shared throws(OutputCommitGate<Output>.AcknowledgementError) -> Bool in
+    public func acknowledge(below position: UInt64) throws(OutputCommitGate<Held>.AcknowledgementError) {
+        let oldest = try withShared { shared throws(OutputCommitGate<Held>.AcknowledgementError) -> ContinuousClock.Instant? in
             let now = try shared.gate.acknowledge(below: position)
-            shared.released += now
-            return !now.isEmpty
+            shared.released += now.map(\.output)
+            return now.first?.since
         }
-        if any { wake.raise() }
+        guard let oldest else { return }
+        wake.raise()
+        holdTimer.recordNanoseconds(Int64(clamping: (ContinuousClock.now - oldest).components.attoseconds / 1_000_000_000))
     }
 
     private func withShared<Result, Failure: Error>(_ body: (inout Shared) throws(Failure) -> Result) throws(Failure) -> Result {
@@ -155,8 +166,8 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
     private func enqueue(_ output: Output) -> Bool {
         let heldBack = withShared { shared -> Bool in
             guard shared.protected else { return false }
-            if let free = shared.gate.hold(output, untilAcknowledged: positionOfNextOutput()) {
-                shared.released.append(free)
+            if let free = shared.gate.hold(Held(output: output, since: .now), untilAcknowledged: positionOfNextOutput()) {
+                shared.released.append(free.output)
                 wake.raise()
             }
             return true
