@@ -8,8 +8,10 @@ import UnderstudyReplication
 /// What a backup holds for one primary's connection: the prepared module and configuration, the
 /// latest applied checkpoint as bytes (a machine is only built on promotion, DESIGN.md), and in
 /// `llm` the log after it. Every message is checked whole before anything is changed
-/// (invariant 3): a refused message leaves the replica exactly as it was.
-final class BackupReplica {
+/// (invariant 3): a refused message leaves the replica exactly as it was. Log records may be
+/// handled on the connection's event loop while a checkpoint is applied on the applier queue:
+/// `lock` keeps the log and the state they change together consistent.
+final class BackupReplica: @unchecked Sendable {
     struct Refusal: Error, CustomStringConvertible {
         let description: String
         init(_ description: String) { self.description = description }
@@ -23,6 +25,11 @@ final class BackupReplica {
     private(set) var state: MachineState?
     private(set) var epoch: UInt64 = 0
     private(set) var log: BackupLog?
+    private let lock = NSLock()
+
+    /// The log exists (llm, after the first consistent checkpoint).
+    var holdsLog: Bool { lock.withLock { log != nil } }
+    var heldEntryCount: Int { lock.withLock { log?.entries.count ?? 0 } }
 
     init(hello: WireMessage.Hello, preparer: ModulePreparer = ModulePreparer()) {
         mode = hello.mode
@@ -45,14 +52,15 @@ final class BackupReplica {
             return .checkpointApplied(epoch: epoch)
         case .logRecords(let first, let bytes):
             guard mode == .llm else { throw Refusal("log records in \(mode) mode") }
-            guard var log else { throw Refusal("log records before the seed checkpoint") }
+            lock.lock()
+            defer { lock.unlock() }
+            guard log != nil else { throw Refusal("log records before the seed checkpoint") }
             do {
-                try log.append(records: bytes, first: first)
+                try log!.append(records: bytes, first: first)
             } catch {
                 throw Refusal("\(error)")
             }
-            self.log = log
-            return .logHeld(position: log.end)
+            return .logHeld(position: log!.end)
         default:
             throw Refusal("unexpected \(message.kind) from the primary")
         }
@@ -90,6 +98,8 @@ final class BackupReplica {
             throw Refusal("checkpoint \(epoch) refused: \(error)")
         }
         guard checkpoint.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
+        lock.lock()
+        defer { lock.unlock() }
         guard (checkpoint.kind == .full) == (state == nil) else {
             throw Refusal(state == nil ? "the first checkpoint is not full" : "a full checkpoint after the seed")
         }

@@ -46,6 +46,8 @@ public final class BackupService: @unchecked Sendable {
     private let promoted = DispatchSemaphore(value: 0)
     private let metrics = ReplicationMetrics(role: "backup")
     private var listener: ReplicationListener?
+    /// Log batches queued on the applier: while any are, later ones queue behind them.
+    private var pendingLogBatches = 0
 
     public init(logger: Logger) {
         self.logger = logger
@@ -56,7 +58,7 @@ public final class BackupService: @unchecked Sendable {
         let listener = try await ReplicationListener.bind(
             address, group: group, logger: logger, heartbeat: heartbeat,
             admit: { [self] hello, channel in admit(hello, channel) },
-            onMessage: { [self] message, channel in applier.async { self.handle(message, from: channel) } },
+            onMessage: { [self] message, channel in route(message, from: channel) },
             onClose: { [self] channel in applier.async { self.closed(channel) } })
         self.listener = listener
         return listener.localAddress
@@ -82,7 +84,26 @@ public final class BackupService: @unchecked Sendable {
         }
     }
 
-    /// The applier queue.
+    /// The event loop. Log records are the latency path of `llm` (held output waits for their
+    /// acknowledgement), so once the log exists and nothing of it waits on the applier queue they
+    /// are checked and acknowledged right here; everything else, in order, on the applier queue.
+    private func route(_ message: WireMessage, from channel: Channel) {
+        let direct = lock.withLock { () -> Bool in
+            guard case .logRecords = message else { return false }
+            guard pendingLogBatches == 0, let session, session.channel === channel, session.replica.holdsLog else {
+                pendingLogBatches += 1
+                return false
+            }
+            return true
+        }
+        if direct { return handle(message, from: channel) }
+        applier.async { [self] in
+            handle(message, from: channel)
+            if case .logRecords = message { lock.withLock { pendingLogBatches -= 1 } }
+        }
+    }
+
+    /// The applier queue, or the event loop for log records (see `route`).
     private func handle(_ message: WireMessage, from channel: Channel) {
         guard let current = lock.withLock({ session }), current.channel === channel, current.ended == nil else { return }
         if case .refusal(let reason) = message {
@@ -99,7 +120,7 @@ public final class BackupService: @unchecked Sendable {
                     logger.notice("seeded; protecting the primary", metadata: ["mode": "\(current.replica.mode)"])
                     metrics.protected.record(1)
                 }
-            case .logRecords: metrics.logHeld.record(current.replica.log.map { $0.entries.count } ?? 0)
+            case .logRecords: metrics.logHeld.record(current.replica.heldEntryCount)
             default: break
             }
             if let reply { channel.writeAndFlush(reply, promise: nil) }
