@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: the unprotected machine against the same C built natively, what recording
-(event log + checkpoints) costs, how fast a recording replays, and the checkpoint pause, tracker
-scan cost and restore time over memory sizes and dirty-page counts (understudy-bench).
+(event log + checkpoints) costs, how fast a recording replays, the checkpoint pause, tracker
+scan cost and restore time over memory sizes and dirty-page counts (understudy-bench), and the
+protection modes side by side with failover downtime (bench_protection.py).
 
 Runs every measurement side by side in one run, repeats each, and writes BENCHMARKS.md with
 min / median / max and the ratios. Usage: scripts/bench.py BIN [--quick]
@@ -17,6 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_protection  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "guests", "build")
@@ -204,7 +208,11 @@ def main():
                          stdout=subprocess.PIPE, text=True, check=True).stdout
     checkpoint_rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds)
+    protection_rows = bench_protection.measure(bin_path, quick, progress, redis_benchmark)
+    protection_lines = bench_protection.report(protection_rows, quick, f"{kv_requests} requests per test")
+
+    write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
+                 protection_lines)
 
 
 def replay_measurement(bin_path, recording, live_seconds):
@@ -225,7 +233,8 @@ def replay_measurement(bin_path, recording, live_seconds):
     return result
 
 
-def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds):
+def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
+                 protection_lines):
     cores = os.cpu_count()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = [
@@ -314,6 +323,7 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
             lines.append(f"| {how} | {fmt(values, ' s')} | {statistics.median(values) / native:.1f}× |")
     lines += ["", "WasmKit is an interpreter: the CPU row is the engine's cost, the kv/http rows are "
               "what a network guest pays in total.", ""]
+    lines += protection_lines
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as handle:
         handle.write("\n".join(lines))
     progress("wrote BENCHMARKS.md")

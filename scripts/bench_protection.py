@@ -182,9 +182,6 @@ def measure(bin_path, quick, progress, redis_benchmark):
 
 
 def report(rows, quick, requests_label):
-    def median(key):
-        return statistics.median(rows[key]) if key in rows else float("nan")
-
     def spread(values, unit=""):
         return f"{statistics.median(values):,.2f}{unit} ({min(values):,.2f} – {max(values):,.2f})"
 
@@ -202,7 +199,6 @@ def report(rows, quick, requests_label):
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for test in ("SET", "GET", "INCR"):
-        base = median(("kv", "none", test)) if ("kv", "none", test) in rows else None
         for mode in MODES:
             key = ("kv", mode, test)
             if key not in rows:

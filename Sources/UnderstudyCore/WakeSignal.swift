@@ -33,13 +33,21 @@ public final class WakeSignal: Sendable {
         _ = write(writer, &one, 1)
     }
 
-    /// The waiting thread: true (and the signal lowered) if it was raised. A raise that races
-    /// with this sets the flag again after its byte, so nothing is lost.
+    public var isRaised: Bool { raised.load(ordering: .acquiring) }
+
+    /// The waiting thread: true (and the signal lowered) if it was raised. Whatever the raiser
+    /// published before raising is visible once this returns true; a raise racing with it either
+    /// counts as this one or raises the signal again. A byte written by a raise that lost such a
+    /// race may stay in the pipe: `drain()` removes it.
     public func consume() -> Bool {
         guard raised.load(ordering: .acquiring) else { return false }
-        var drained = [UInt8](repeating: 0, count: 16)
-        while read(descriptor, &drained, drained.count) > 0 {}
+        drain()
         raised.store(false, ordering: .releasing)
         return true
+    }
+
+    public func drain() {
+        var drained = [UInt8](repeating: 0, count: 16)
+        while read(descriptor, &drained, drained.count) > 0 {}
     }
 }

@@ -49,7 +49,7 @@ struct BackupCommand: ParsableCommand {
         let logger = logging.bootstrap(label: "understudy.backup")
         let addresses = try ServiceAddress.listenAddresses(listen)
         let endpoint: MetricsEndpoint?
-        do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw fail(error) }
+        do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let service = BackupService(logger: logger)
@@ -59,7 +59,7 @@ struct BackupCommand: ParsableCommand {
             let bound = try group.next().makeFutureWithTask { try await service.listen(on: address, heartbeat: timing, group: group) }.wait()
             logger.notice("waiting for a primary", metadata: ["replication": "\(bound)"])
         } catch {
-            throw fail(error)
+            throw failure(error)
         }
         let promotion = service.waitForPromotion()
         _ = try? group.next().makeFutureWithTask { await service.close() }.wait()
@@ -83,13 +83,8 @@ struct BackupCommand: ParsableCommand {
         } catch let exit as ExitCode {
             throw exit
         } catch {
-            throw fail(error)
+            throw failure(error)
         }
-    }
-
-    private func fail(_ error: Error) -> ExitCode {
-        FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-        return ExitCode(1)
     }
 
     static func millis(since instant: ContinuousClock.Instant) -> Int64 {

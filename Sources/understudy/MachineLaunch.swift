@@ -81,8 +81,7 @@ struct MachineLaunch {
         } catch let exit as ExitCode {
             throw exit
         } catch {
-            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw failure(error)
         }
     }
 
@@ -94,6 +93,32 @@ struct MachineLaunch {
         timer.resume()
         return timer
     }
+}
+
+/// The guest's environment and arguments, shared by `run` and `primary`.
+struct GuestOptions: ParsableArguments {
+    @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
+    var env: [String] = []
+
+    @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
+    var guestArguments: [String] = []
+
+    func validate() throws {
+        for pair in env where !pair.contains("=") { throw ValidationError("--env '\(pair)' is not KEY=VALUE") }
+    }
+
+    /// The machine's configuration for `module` with `listenerCount` listeners.
+    func configuration(module: String, listenerCount: Int, suspendAtEveryBlock: Bool = false) -> MachineConfiguration {
+        MachineConfiguration(
+            arguments: [URL(fileURLWithPath: module).lastPathComponent] + guestArguments, environment: env,
+            listenerCount: listenerCount, suspendAtEveryBlock: suspendAtEveryBlock)
+    }
+}
+
+/// A failure of a command that runs a machine: one line on stderr, exit status 1.
+func failure(_ error: Error) -> ExitCode {
+    FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
+    return ExitCode(1)
 }
 
 /// `--metrics HOST:PORT`, shared by the commands that run a machine.

@@ -40,23 +40,18 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "llm: how often a checkpoint is sent, bounding what a takeover replays (default 100ms: a takeover replays at most about that much guest execution).")
     var checkpointInterval: DurationArgument?
 
-    @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
-    var env: [String] = []
-
     @OptionGroup var heartbeat: HeartbeatOptions
 
     @OptionGroup var metrics: MetricsOption
 
     @OptionGroup var logging: LoggingOptions
 
-    @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
-    var guestArguments: [String] = []
+    @OptionGroup var guest: GuestOptions
 
     func validate() throws {
         _ = try ServiceAddress.listenAddresses(listen)
         _ = try backupAddress()
         _ = try heartbeat.timing()
-        for pair in env where !pair.contains("=") { throw ValidationError("--env '\(pair)' is not KEY=VALUE") }
         guard mode == .remus || mode == .llm else { throw ValidationError("--mode must be remus or llm (active is not built yet)") }
         if epoch != nil && mode != .remus { throw ValidationError("--epoch applies to --mode remus") }
         if checkpointInterval != nil && mode != .llm { throw ValidationError("--checkpoint-interval applies to --mode llm") }
@@ -75,8 +70,7 @@ struct PrimaryCommand: ParsableCommand {
             let prepared = try ModulePreparer().prepare(path: module)
             let moduleBytes = Array(try Data(contentsOf: URL(fileURLWithPath: module)))
             let name = URL(fileURLWithPath: module).lastPathComponent
-            let configuration = MachineConfiguration(
-                arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count)
+            let configuration = guest.configuration(module: module, listenerCount: addresses.count)
             let manifest = RecordingManifest(
                 moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
                 listenerCount: configuration.listenerCount)
@@ -109,8 +103,7 @@ struct PrimaryCommand: ParsableCommand {
         } catch let exit as ExitCode {
             throw exit
         } catch {
-            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw failure(error)
         }
     }
 }
@@ -120,4 +113,7 @@ extension ReplicationMode: ExpressibleByArgument {
         guard let mode = Self.allCases.first(where: { $0.description == argument }) else { return nil }
         self = mode
     }
+
+    /// What `primary --mode` takes (`none` is `run`; `active` is not built).
+    public static var allValueStrings: [String] { ["remus", "llm"] }
 }

@@ -15,9 +15,6 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "HOST:PORT to listen on; repeat for more. The first becomes the guest's fd 3.")
     var listen: [String] = []
 
-    @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
-    var env: [String] = []
-
     @Option(name: .long, help: "Record into this empty directory: the event log, and a checkpoint at every --checkpoint-every (full first, then changed pages). `understudy replay DIR --verify` checks it.")
     var record: String?
 
@@ -33,14 +30,10 @@ struct RunCommand: ParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
-    @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
-    var guestArguments: [String] = []
+    @OptionGroup var guest: GuestOptions
 
     func validate() throws {
         _ = try ServiceAddress.listenAddresses(listen)
-        for pair in env where !pair.contains("=") {
-            throw ValidationError("--env '\(pair)' is not KEY=VALUE")
-        }
         if checkpointEvery != nil && record == nil { throw ValidationError("--checkpoint-every needs --record DIR") }
     }
 
@@ -48,10 +41,8 @@ struct RunCommand: ParsableCommand {
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(
             module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"), metrics: try metrics.address())
-        let name = URL(fileURLWithPath: module).lastPathComponent
-        let configuration = MachineConfiguration(
-            arguments: [name] + guestArguments, environment: env, listenerCount: addresses.count,
-            suspendAtEveryBlock: suspendAtEveryBlock)
+        let configuration = guest.configuration(
+            module: module, listenerCount: addresses.count, suspendAtEveryBlock: suspendAtEveryBlock)
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
             prepared, world, _, suspension in
             try Machine(prepared: prepared, world: world, suspension: suspension, configuration: configuration)

@@ -224,6 +224,8 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         if let beforeWaiting, isProtected { beforeWaiting() }
         let deadline = timeoutNanos.map { inner.clockNow(.monotonic) &+ $0 }
         while true {
+            // A byte left by a raise that raced with a consume would end every wait at once.
+            if !wake.isRaised { wake.drain() }
             deliverReleased()
             let backedUp = outbox.keys.map { PollInterest(target: .connection($0), readable: false, writable: true) }
             var remaining = timeoutNanos
