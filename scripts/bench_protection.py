@@ -191,7 +191,7 @@ def report(rows, quick, requests_label):
         "",
         "Each mode serves the same guest under the same load, one after the other in each round. `none` is "
         "`understudy run`; `remus` and `llm` are `understudy primary --mode M` with `understudy backup` in another "
-        "process on loopback (same 2 cores). remus uses 25 ms epochs; llm streams the event log and checkpoints every 100 ms (the default).",
+        "process on loopback (same 2 cores). remus uses 25 ms epochs; llm streams the event log and checkpoints every 50 ms (the default).",
         "",
         f"### kv under `redis-benchmark -c 50 -t set,get,incr` ({requests_label})",
         "",

@@ -31,9 +31,13 @@ final class BackupReplica: @unchecked Sendable {
     var holdsLog: Bool { lock.withLock { log != nil } }
     var heldEntryCount: Int { lock.withLock { log?.entries.count ?? 0 } }
 
-    init(hello: WireMessage.Hello, preparer: ModulePreparer = ModulePreparer()) {
+    /// How many service addresses this backup would take over (its `--listen`).
+    let listenerCount: Int
+
+    init(hello: WireMessage.Hello, listenerCount: Int, preparer: ModulePreparer = ModulePreparer()) {
         mode = hello.mode
         moduleHash = hello.moduleHash
+        self.listenerCount = listenerCount
         self.preparer = preparer
     }
 
@@ -73,6 +77,10 @@ final class BackupReplica: @unchecked Sendable {
             manifest = try JSONDecoder().decode(RecordingManifest.self, from: Data(configuration))
         } catch {
             throw Refusal("the machine's configuration is not readable: \(error)")
+        }
+        // Found now, not at the failover: a backup that could not take the service over is no backup.
+        guard manifest.listenerCount == listenerCount else {
+            throw Refusal("the primary's machine listens on \(manifest.listenerCount) addresses; this backup's --listen gives \(listenerCount)")
         }
         let prepared: PreparedModule
         do {

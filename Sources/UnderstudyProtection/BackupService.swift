@@ -49,8 +49,13 @@ public final class BackupService: @unchecked Sendable {
     /// Log batches queued on the applier: while any are, later ones queue behind them.
     private var pendingLogBatches = 0
 
-    public init(logger: Logger) {
+    /// How many service addresses this backup takes over (its `--listen`): a primary whose
+    /// machine has another number is refused at once.
+    private let listenerCount: Int
+
+    public init(logger: Logger, listenerCount: Int) {
         self.logger = logger
+        self.listenerCount = listenerCount
         metrics.protected.record(0)
     }
 
@@ -79,7 +84,7 @@ public final class BackupService: @unchecked Sendable {
             if let session, session.channel.isActive, session.channel !== channel { return "this backup already protects a primary" }
             // A primary connecting again lived on unprotected: whatever an earlier connection left
             // here is stale, and is dropped.
-            session = Session(channel: channel, replica: BackupReplica(hello: hello))
+            session = Session(channel: channel, replica: BackupReplica(hello: hello, listenerCount: listenerCount))
             return nil
         }
     }

@@ -37,7 +37,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
         public init(
             mode: ReplicationMode, backup: ServiceAddress, epoch: Duration = .milliseconds(25),
-            checkpointInterval: Duration = .milliseconds(100), logBytesPerCheckpoint: Int = 8 << 20,
+            checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
             heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
         ) {
             precondition(mode == .remus || mode == .llm, "a primary protects in remus or llm mode")
@@ -77,6 +77,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// Seeded: receives the mode's stream.
     private var active: Channel?
     private var stopped = false
+    /// Refusals since the backup last accepted a seed: reconnecting backs off (up to 5 s), so a
+    /// misconfigured backup costs a log line now and then, not a reconnect every interval.
+    private var refusals = 0
 
     // The machine's thread only.
     /// Checkpoints sent on the active connection; in `remus` output waits for `epoch + 1`.
@@ -180,7 +183,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     failures += 1
                 }
             }
-            try? await Task.sleep(for: options.reconnectInterval)
+            let backoff = lock.withLock { refusals == 0 ? options.reconnectInterval : min(.seconds(5), options.reconnectInterval * (1 << min(refusals, 5))) }
+            try? await Task.sleep(for: backoff)
         }
     }
 
@@ -196,10 +200,12 @@ public final class PrimaryReplicator: @unchecked Sendable {
             case .checkpointApplied(let applied):
                 if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
                 if applied == 1 {
+                    lock.withLock { refusals = 0 }
                     logger.notice("backup seeded; the machine is protected", metadata: ["mode": "\(options.mode)"])
                     metrics.protected.record(1)
                 }
             case .refusal(let reason):
+                lock.withLock { refusals += 1 }
                 logger.error("the backup refused", metadata: ["reason": "\(reason)"])
                 channel.close(promise: nil)
             default:

@@ -52,7 +52,7 @@ struct BackupCommand: ParsableCommand {
         do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let service = BackupService(logger: logger)
+        let service = BackupService(logger: logger, listenerCount: addresses.count)
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {

@@ -37,7 +37,7 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "remus: the epoch, like 25ms (default 25ms).")
     var epoch: DurationArgument?
 
-    @Option(name: .long, help: "llm: how often a checkpoint is sent, bounding what a takeover replays (default 100ms: a takeover replays at most about that much guest execution).")
+    @Option(name: .long, help: "llm: how often a checkpoint is sent, bounding what a takeover replays (default 50ms: a takeover replays at most about that much guest execution).")
     var checkpointInterval: DurationArgument?
 
     @OptionGroup var heartbeat: HeartbeatOptions

@@ -127,6 +127,31 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertEqual(try redisCLI(servicePort, "GET", "survivor"), "yes")
     }
 
+    /// A backup that could not take the service over (another number of --listen addresses)
+    /// says so when the primary connects, not at the failover; the primary serves on unprotected.
+    func testABackupWithTheWrongNumberOfServiceAddressesRefusesAtOnce() throws {
+        let servicePort = Harness.freePort()
+        let replicationPort = Harness.freePort()
+        let backup = try UnderstudyProcess(
+            "backup",
+            [
+                "backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)", "--listen",
+                "127.0.0.1:\(Harness.freePort())",
+            ])
+        defer { backup.kill() }
+        try backup.waitFor("waiting for a primary")
+        let primary = try UnderstudyProcess(
+            "primary",
+            [
+                "primary", try Harness.guest("kv"), "--listen", "127.0.0.1:\(servicePort)", "--backup", "127.0.0.1:\(replicationPort)",
+                "--mode", "remus",
+            ])
+        defer { primary.kill() }
+        try primary.waitFor("this backup's --listen gives 2")
+        XCTAssertEqual(try redisCLI(servicePort, "PING"), "PONG", "the primary serves on, unprotected")
+        XCTAssertFalse(primary.output.contains("the machine is protected"))
+    }
+
     /// The bytes of checkpoint 1 of a short recording of kv.
     private func recordedCheckpoint() throws -> [UInt8] {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cut-\(UUID().uuidString)")
