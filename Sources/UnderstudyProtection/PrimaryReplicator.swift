@@ -80,6 +80,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// Refusals since the backup last accepted a seed: reconnecting backs off (up to 5 s), so a
     /// misconfigured backup costs a log line now and then, not a reconnect every interval.
     private var refusals = 0
+    /// Checkpoints sent and not yet applied. A new one is only taken once the backup has applied
+    /// the last: a backup slower than the guest's writes stretches the epoch (as Remus does)
+    /// instead of queueing checkpoints without bound. Pages written meanwhile stay dirty in the
+    /// tracker and go with the next one.
+    private var unappliedCheckpoints = 0
 
     // The machine's thread only.
     /// Checkpoints sent on the active connection; in `remus` output waits for `epoch + 1`.
@@ -133,7 +138,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         let nanos = Int(interval.components.seconds) * 1_000_000_000 + Int(interval.components.attoseconds / 1_000_000_000)
         timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
         timer.setEventHandler { [weak self] in
-            guard let self, self.lock.withLock({ self.active != nil }) else { return }
+            guard let self, self.lock.withLock({ self.active != nil && self.unappliedCheckpoints == 0 }) else { return }
             self.suspension.request()
         }
         timer.resume()
@@ -151,9 +156,15 @@ public final class PrimaryReplicator: @unchecked Sendable {
             return [active, awaitingSeed].compactMap { $0 }
         }
         for channel in channels {
-            // Said so the backup does not take the exit of the guest for the death of its host.
-            channel.writeAndFlush(WireMessage.refusal("the primary is shutting down"), promise: nil)
-            _ = try? channel.close().wait()
+            // Said so the backup does not take the exit of the guest for the death of its host;
+            // it goes out behind whatever is still queued, so the close waits for it (2 s at most).
+            let goodbye = channel.writeAndFlush(WireMessage.refusal("the primary is shutting down"))
+            let deadline = channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+            goodbye.whenComplete { _ in
+                deadline.cancel()
+                channel.close(promise: nil)
+            }
+            _ = try? channel.closeFuture.wait()
         }
     }
 
@@ -198,6 +209,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 let sent = lock.withLock { logSent }
                 metrics.logLag.record(sent > position ? Int64(sent - position) : 0)
             case .checkpointApplied(let applied):
+                // The seed's two (0 and 1) are not counted: only the mode's stream is paced.
+                if applied >= 2 { lock.withLock { unappliedCheckpoints = max(0, unappliedCheckpoints - 1) } }
                 if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
                 if applied == 1 {
                     lock.withLock { refusals = 0 }
@@ -223,6 +236,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             if awaitingSeed === channel { awaitingSeed = nil }
             guard active === channel else { return false }
             active = nil
+            unappliedCheckpoints = 0
             return true
         }
         guard wasActive else { return }
@@ -243,7 +257,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.bytesSent.increment(by: Int64(bytes.count))
         channel.writeAndFlush(WireMessage.logRecords(first: first, bytes: bytes), promise: nil)
         logBytesSinceCheckpoint += bytes.count
-        if logBytesSinceCheckpoint > options.logBytesPerCheckpoint {
+        if logBytesSinceCheckpoint > options.logBytesPerCheckpoint && lock.withLock({ unappliedCheckpoints == 0 }) {
             logBytesSinceCheckpoint = 0
             suspension.request()
         }
@@ -351,6 +365,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         epoch += 1
         logBytesSinceCheckpoint = 0
         let sent = epoch
+        lock.withLock { unappliedCheckpoints += 1 }
         metrics.capture.recordNanoseconds(Int64((ContinuousClock.now - began).components.attoseconds / 1_000_000_000))
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()

@@ -152,6 +152,28 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertFalse(primary.output.contains("the machine is protected"))
     }
 
+    /// A primary whose guest exits says goodbye: its backup does not take the exit for a death.
+    func testAGuestThatExitsEndsProtectionWithoutATakeover() throws {
+        let replicationPort = Harness.freePort()
+        let backup = try UnderstudyProcess("backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)"])
+        defer { backup.kill() }
+        try backup.waitFor("waiting for a primary")
+        let primary = try UnderstudyProcess(
+            "primary",
+            [
+                "primary", try Harness.guest("pagetouch"), "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm", "--", "16", "100",
+                "600000",
+            ])
+        defer { primary.kill() }
+        try primary.waitFor("the machine is protected")
+        primary.process.waitUntilExit()
+        XCTAssertEqual(primary.process.terminationStatus, 0, primary.output)
+        try backup.waitFor("not taking over")
+        XCTAssertTrue(backup.output.contains("the primary is shutting down"), backup.output)
+        XCTAssertFalse(backup.output.contains("is gone; taking over"), backup.output)
+        XCTAssertTrue(backup.process.isRunning, "the backup should wait for its primary to return:\n\(backup.output)")
+    }
+
     /// The bytes of checkpoint 1 of a short recording of kv.
     private func recordedCheckpoint() throws -> [UInt8] {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cut-\(UUID().uuidString)")

@@ -2,8 +2,8 @@ import Logging
 import NIOCore
 
 /// Keeps a replication connection honest about its peer, on both ends: sends a heartbeat every
-/// `interval` and closes the connection, with the reason logged, once nothing at all has been
-/// heard for `timeout`. A closed connection is how the layers above learn the peer is gone (the
+/// `interval` and closes the connection, with the reason logged, once nothing at all — not a
+/// byte — has been heard for `timeout`. A closed connection is how the layers above learn the peer is gone (the
 /// backup promotes, the primary continues unprotected), whether the peer's kernel said so at
 /// once or the peer just fell silent. Heartbeats are consumed here.
 final class HeartbeatHandler: ChannelDuplexHandler {
@@ -56,6 +56,11 @@ final class HeartbeatHandler: ChannelDuplexHandler {
             beat?.cancel()
             context.close(promise: nil)
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is WireBytesArrived else { return context.fireUserInboundEventTriggered(event) }
+        liveness?.heard(at: Self.now)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -20,6 +20,9 @@ final class WireFrameHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // The peer is alive while its bytes arrive, though a large frame (a seed) may take longer
+        // than the heartbeat timeout to arrive whole.
+        context.fireUserInboundEventTriggered(WireBytesArrived())
         var buffer = unwrapInboundIn(data)
         if let bytes = buffer.readBytes(length: buffer.readableBytes) { decoder.append(bytes) }
         do {
@@ -33,7 +36,14 @@ final class WireFrameHandler: ChannelDuplexHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let bytes = encoder.encode(unwrapOutboundIn(data))
-        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: promise)
+        let frame = encoder.encodeFrame(unwrapOutboundIn(data))
+        var buffer = context.channel.allocator.buffer(capacity: frame.byteCount)
+        buffer.writeBytes(frame.head)
+        buffer.writeBytes(frame.tail)
+        buffer.writeInteger(frame.payloadCRC, endianness: .little)
+        context.write(wrapOutboundOut(buffer), promise: promise)
     }
 }
+
+/// Fired up the pipeline whenever bytes arrive, before any frame they complete.
+struct WireBytesArrived {}

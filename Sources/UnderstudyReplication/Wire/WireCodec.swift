@@ -10,51 +10,67 @@ public enum WireCodec {
     static let trailerBytes = 4
 
     public static func encode(_ message: WireMessage, sequence: UInt64) -> [UInt8] {
-        var payload = ByteWriter()
-        let type = encodePayload(message, into: &payload)
-        var frame = ByteWriter()
-        frame.u64(sequence)
-        frame.u8(type)
-        frame.u32(UInt32(payload.bytes.count))
-        frame.u32(frame.bytes.withUnsafeBytes { CRC32C.checksum($0) })
-        frame.raw(payload.bytes)
-        frame.u32(payload.bytes.withUnsafeBytes { CRC32C.checksum($0) })
-        return frame.bytes
+        let frame = encodeFrame(message, sequence: sequence)
+        var bytes = frame.head
+        bytes += frame.tail
+        withUnsafeBytes(of: frame.payloadCRC.littleEndian) { bytes.append(contentsOf: $0) }
+        return bytes
     }
 
-    private static func encodePayload(_ message: WireMessage, into w: inout ByteWriter) -> UInt8 {
+    /// A frame in three parts — header with the payload's small fields, the payload's large
+    /// tail as the message holds it (checkpoint, log records, module), the payload CRC — so the
+    /// tail is copied once, into the socket's buffer, not once per layer.
+    public struct Frame {
+        public var head: [UInt8]
+        public var tail: [UInt8]
+        public var payloadCRC: UInt32
+        public var byteCount: Int { head.count + tail.count + trailerBytes }
+    }
+
+    public static func encodeFrame(_ message: WireMessage, sequence: UInt64) -> Frame {
+        var small = ByteWriter()
+        let (type, tail) = encodePayload(message, into: &small)
+        var head = ByteWriter()
+        head.u64(sequence)
+        head.u8(type)
+        head.u32(UInt32(small.bytes.count + tail.count))
+        head.u32(head.bytes.withUnsafeBytes { CRC32C.checksum($0) })
+        let smallCRC = small.bytes.withUnsafeBytes { CRC32C.checksum($0) }
+        let payloadCRC = tail.withUnsafeBytes { CRC32C.checksum($0, continuing: smallCRC) }
+        head.raw(small.bytes)
+        return Frame(head: head.bytes, tail: tail, payloadCRC: payloadCRC)
+    }
+
+    /// Writes the payload's small fields into `w`; returns the frame type and the large tail.
+    private static func encodePayload(_ message: WireMessage, into w: inout ByteWriter) -> (UInt8, [UInt8]) {
         switch message {
         case .hello(let hello):
             w.u16(hello.protocolVersion)
             w.u8(hello.mode.rawValue)
             w.string(hello.moduleHash)
-            return 1
+            return (1, [])
         case .welcome:
-            return 2
+            return (2, [])
         case .refusal(let reason):
-            w.raw(reason.utf8)
-            return 3
+            return (3, Array(reason.utf8))
         case .module(let bytes, let configuration):
             w.u32(UInt32(configuration.count))
             w.raw(configuration)
-            w.raw(bytes)
-            return 4
+            return (4, bytes)
         case .checkpoint(let epoch, let bytes):
             w.u64(epoch)
-            w.raw(bytes)
-            return 5
+            return (5, bytes)
         case .logRecords(let first, let bytes):
             w.u64(first)
-            w.raw(bytes)
-            return 6
+            return (6, bytes)
         case .checkpointApplied(let epoch):
             w.u64(epoch)
-            return 7
+            return (7, [])
         case .logHeld(let position):
             w.u64(position)
-            return 8
+            return (8, [])
         case .heartbeat:
-            return 9
+            return (9, [])
         }
     }
 
@@ -188,5 +204,10 @@ public struct WireEncoder: Sendable {
     public mutating func encode(_ message: WireMessage) -> [UInt8] {
         defer { sent += 1 }
         return WireCodec.encode(message, sequence: sent)
+    }
+
+    public mutating func encodeFrame(_ message: WireMessage) -> WireCodec.Frame {
+        defer { sent += 1 }
+        return WireCodec.encodeFrame(message, sequence: sent)
     }
 }
