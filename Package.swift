@@ -24,6 +24,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "CUnderstudyHost"),
+        .systemLibrary(name: "CCompression", path: "Sources/CCompression"),
         .target(name: "UnderstudyCore", dependencies: ["CUnderstudyHost"]),
         .target(
             name: "UnderstudyMachine",
@@ -44,7 +45,7 @@ let package = Package(
         .target(
             name: "UnderstudyReplication",
             dependencies: [
-                "UnderstudyCore", "UnderstudyEventLog",
+                "UnderstudyCore", "UnderstudyEventLog", "CCompression",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -98,7 +99,7 @@ let package = Package(
         .testTarget(
             name: "UnderstudyMachineTests",
             dependencies: [
-                "UnderstudyMachine", "UnderstudyCore", "UnderstudyEventLog", "UnderstudyCheckpoint",
+                "UnderstudyMachine", "UnderstudyCore", "UnderstudyEventLog", "UnderstudyCheckpoint", "UnderstudyReplication",
                 .product(name: "WAT", package: "WasmKit"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]

@@ -1,0 +1,60 @@
+import UnderstudyCore
+import XCTest
+
+@testable import UnderstudyReplication
+
+final class BlockEncodingTests: XCTestCase {
+    private func roundTrip(_ block: [UInt8], previous: [UInt8]?) throws -> BlockEncoding {
+        let (encoding, bytes) = block.withUnsafeBytes { block in
+            previous.map { previous in previous.withUnsafeBytes { BlockCodec.encode(block, previous: $0) } }
+                ?? BlockCodec.encode(block)
+        }
+        XCTAssertLessThanOrEqual(bytes.count, block.count, "the chosen encoding is never larger than the block")
+        let decoded = try previous.map { previous in
+            try previous.withUnsafeBytes { previous throws(BlockEncodingError) in
+                try BlockCodec.decode(encoding, bytes, count: block.count, previous: previous)
+            }
+        } ?? BlockCodec.decode(encoding, bytes, count: block.count)
+        XCTAssertEqual(decoded, block, "\(encoding) does not round-trip")
+        return encoding
+    }
+
+    func testRandomBlocksOfEverySizeRoundTripAgainstRandomBases() throws {
+        var random = SeededGenerator(seed: 5)
+        var seen: Set<BlockEncoding> = []
+        for round in 0..<400 {
+            let size = [64, 128, 256, 4096][round % 4]
+            var previous = (0..<size).map { _ in UInt8.random(in: 0...255, using: &random) }
+            if round % 5 == 0 { previous = [UInt8](repeating: UInt8(round % 3), count: size) }
+            var block = previous
+            switch round % 6 {
+            case 0: block = [UInt8](repeating: 0, count: size)
+            case 1: block = (0..<size).map { _ in UInt8.random(in: 0...255, using: &random) }
+            case 2: for _ in 0..<3 { block[Int.random(in: 0..<size, using: &random)] &+= 1 }
+            case 3: block = (0..<size).map { UInt8(($0 / 16) % 4) }
+            case 4: block.replaceSubrange(0..<size / 2, with: repeatElement(7, count: size / 2))
+            default: break
+            }
+            seen.insert(try roundTrip(block, previous: round % 7 == 0 ? nil : previous))
+        }
+        XCTAssertTrue(seen.isSuperset(of: [.zero, .raw]), "\(seen)")
+        XCTAssertTrue(seen.contains { $0.isDelta }, "a block with 3 bytes changed should travel as a delta: \(seen)")
+        XCTAssertTrue(seen.contains { $0 == .lz4 || $0 == .zstd }, "\(seen)")
+    }
+
+    func testEveryCompressorRoundTripsAndCutInputIsRefused() throws {
+        let block = (0..<4096).map { UInt8(($0 * 7 / 13) % 251) }
+        let lz4 = try XCTUnwrap(block.withUnsafeBytes { BlockCodec.lz4Compress($0) })
+        let zstd = try XCTUnwrap(block.withUnsafeBytes { BlockCodec.zstdCompress($0) })
+        XCTAssertEqual(try BlockCodec.decode(.lz4, lz4, count: 4096), block)
+        XCTAssertEqual(try BlockCodec.decode(.zstd, zstd, count: 4096), block)
+        XCTAssertThrowsError(try BlockCodec.decode(.lz4, Array(lz4.prefix(lz4.count / 2)), count: 4096))
+        XCTAssertThrowsError(try BlockCodec.decode(.zstd, Array(zstd.prefix(zstd.count / 2)), count: 4096))
+        XCTAssertThrowsError(try BlockCodec.decode(.raw, [1, 2, 3], count: 4096)) { error in
+            XCTAssertEqual(error as? BlockEncodingError, .sizeMismatch(expected: 4096, found: 3))
+        }
+        XCTAssertThrowsError(try BlockCodec.decode(.xorDelta, block, count: 4096)) { error in
+            XCTAssertEqual(error as? BlockEncodingError, .deltaWithoutBase)
+        }
+    }
+}
