@@ -51,7 +51,14 @@ final class BackupReplica: @unchecked Sendable {
         case .module(let bytes, let configuration):
             try adopt(module: bytes, configuration: configuration)
             return nil
-        case .checkpoint(let epoch, let bytes):
+        case .checkpoint, .compressedCheckpoint:
+            let unpacked: (epoch: UInt64, bytes: [UInt8])?
+            do {
+                unpacked = try message.unpackedCheckpoint()
+            } catch {
+                throw Refusal("a compressed checkpoint does not expand: \(error)")
+            }
+            guard let (epoch, bytes) = unpacked else { return nil }
             try apply(checkpoint: bytes, epoch: epoch)
             return .checkpointApplied(epoch: epoch)
         case .logRecords(let first, let bytes):

@@ -118,14 +118,14 @@ public final class BackupService: @unchecked Sendable {
         }
         do {
             let reply = try current.replica.handle(message)
-            switch message {
-            case .checkpoint(let epoch, _):
+            switch reply {
+            case .checkpointApplied(let epoch):
                 metrics.checkpointsApplied.increment()
                 if epoch == 1 {
                     logger.notice("seeded; protecting the primary", metadata: ["mode": "\(current.replica.mode)"])
                     metrics.protected.record(1)
                 }
-            case .logRecords: metrics.logHeld.record(current.replica.heldEntryCount)
+            case .logHeld: metrics.logHeld.record(current.replica.heldEntryCount)
             default: break
             }
             if let reply { channel.writeAndFlush(reply, promise: nil) }

@@ -310,11 +310,15 @@ public final class PrimaryReplicator: @unchecked Sendable {
             var state = rest
             state.memory = copy
             let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
-            metrics.bytesSent.increment(by: Int64(bytes.count))
-            channel.writeAndFlush(WireMessage.checkpoint(epoch: 0, bytes: bytes), promise: nil)
+            let message = WireMessage.packing(epoch: 0, checkpoint: bytes)
+            metrics.bytesSent.increment(by: Int64(message.checkpointWireBytes))
+            channel.writeAndFlush(message, promise: nil)
             logger.notice(
                 "seeding the backup: memory copied and sent; the pages written meanwhile follow",
-                metadata: ["bytes": "\(bytes.count)", "millis": "\(Self.millis(ContinuousClock.now - began))"])
+                metadata: [
+                    "bytes": "\(bytes.count)", "sent": "\(message.checkpointWireBytes)",
+                    "millis": "\(Self.millis(ContinuousClock.now - began))",
+                ])
             if let self {
                 // Only if no newer seed has begun since (this one's connection may be gone).
                 lock.withLock { if precopy == copying { precopy = .copied(ObjectIdentifier(channel)) } }
@@ -373,8 +377,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
         sender.async {
             let bytes = CheckpointCodec.encode(captured.checkpoint!)
             captured.recycle()
-            bytesSent.increment(by: Int64(bytes.count))
-            channel.writeAndFlush(WireMessage.checkpoint(epoch: sent, bytes: bytes), promise: nil)
+            let message = WireMessage.packing(epoch: sent, checkpoint: bytes)
+            bytesSent.increment(by: Int64(message.checkpointWireBytes))
+            channel.writeAndFlush(message, promise: nil)
         }
     }
 }
@@ -384,6 +389,16 @@ public final class PrimaryReplicator: @unchecked Sendable {
 private struct UnsafeSendable<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
+}
+
+extension WireMessage {
+    /// What a checkpoint message puts on the wire (for the replicated-bytes metric).
+    var checkpointWireBytes: Int {
+        switch self {
+        case .checkpoint(_, let bytes), .compressedCheckpoint(_, _, _, let bytes): return bytes.count
+        default: return 0
+        }
+    }
 }
 
 struct ProtocolViolation: Error, CustomStringConvertible {

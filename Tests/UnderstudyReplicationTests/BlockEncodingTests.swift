@@ -58,3 +58,29 @@ final class BlockEncodingTests: XCTestCase {
         }
     }
 }
+
+final class CheckpointPackingTests: XCTestCase {
+    func testACompressibleCheckpointTravelsCompressedAndExpandsExactly() throws {
+        let checkpoint = (0..<200_000).map { UInt8(($0 / 64) % 7) }
+        let message = WireMessage.packing(epoch: 4, checkpoint: checkpoint)
+        guard case .compressedCheckpoint(4, _, 200_000, let bytes) = message else { return XCTFail("\(message.kind)") }
+        XCTAssertLessThan(bytes.count, checkpoint.count / 10)
+        let decoded = try WireCodec.decodePayload(type: 10, WireCodec.encode(message, sequence: 0)[17...].dropLast(4))
+        XCTAssertEqual(try decoded.unpackedCheckpoint()?.bytes, checkpoint)
+        XCTAssertEqual(try decoded.unpackedCheckpoint()?.epoch, 4)
+    }
+
+    func testAnIncompressibleCheckpointTravelsAsItIs() throws {
+        var random = SeededGenerator(seed: 9)
+        let checkpoint = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &random) }
+        XCTAssertEqual(WireMessage.packing(epoch: 2, checkpoint: checkpoint), .checkpoint(epoch: 2, bytes: checkpoint))
+    }
+
+    func testALyingSizeOrBadBytesAreRefusedNotTrusted() {
+        let packed = WireMessage.packing(epoch: 1, checkpoint: [UInt8](repeating: 1, count: 10_000))
+        guard case .compressedCheckpoint(let epoch, let encoding, _, let bytes) = packed else { return XCTFail() }
+        XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: encoding, size: 9_999, bytes: bytes).unpackedCheckpoint())
+        XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: encoding, size: 10_000, bytes: Array(bytes.dropLast(3))).unpackedCheckpoint())
+        XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: .xorDelta, size: 10_000, bytes: bytes).unpackedCheckpoint())
+    }
+}

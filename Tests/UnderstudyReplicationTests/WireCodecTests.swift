@@ -7,6 +7,7 @@ final class WireCodecTests: XCTestCase {
     private let messages: [WireMessage] = [
         .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32))), .welcome, .refusal("wrong module"),
         .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
+        .compressedCheckpoint(epoch: 9, encoding: .zstd, size: 70_000, bytes: Array(repeating: 3, count: 300)),
         .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,
     ]
 

@@ -5,7 +5,7 @@ import UnderstudyCore
 /// before the receiver waits for bytes that will never come. Sequence numbers count the frames
 /// one side has sent, from 0, so a lost, repeated or reordered frame is caught where it arrives.
 public enum WireCodec {
-    public static let protocolVersion: UInt16 = 1
+    public static let protocolVersion: UInt16 = 2
     static let headerBytes = 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
@@ -63,6 +63,11 @@ public enum WireCodec {
         case .logRecords(let first, let bytes):
             w.u64(first)
             return (6, bytes)
+        case .compressedCheckpoint(let epoch, let encoding, let size, let bytes):
+            w.u64(epoch)
+            w.u8(encoding.rawValue)
+            w.u32(size)
+            return (10, bytes)
         case .checkpointApplied(let epoch):
             w.u64(epoch)
             return (7, [])
@@ -94,6 +99,11 @@ public enum WireCodec {
             case 6:
                 let first = try r.u64()
                 message = .logRecords(first: first, bytes: Array(try r.raw(payload.count - 8)))
+            case 10:
+                let epoch = try r.u64()
+                guard let encoding = BlockEncoding(rawValue: try r.u8()) else { throw WireError.malformed("unknown block encoding") }
+                let size = try r.u32()
+                message = .compressedCheckpoint(epoch: epoch, encoding: encoding, size: size, bytes: Array(try r.raw(payload.count - 13)))
             case 7: message = .checkpointApplied(epoch: try r.u64())
             case 8: message = .logHeld(position: try r.u64())
             case 9: message = .heartbeat
@@ -110,6 +120,7 @@ public enum WireCodec {
 
     private static let typeNames = [
         "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
+        "compressed checkpoint",
     ]
 
     private static func name(of type: UInt8) -> String {

@@ -16,6 +16,9 @@ public enum WireMessage: Equatable, Sendable {
     case checkpoint(epoch: UInt64, bytes: [UInt8])
     /// Primary → backup: event-log records, the first being entry `first`.
     case logRecords(first: UInt64, bytes: [UInt8])
+    /// Primary → backup: a checkpoint compressed as a whole (lz4 or zstd, whichever was smaller),
+    /// `size` bytes once expanded. `packing(epoch:checkpoint:)` chooses between the two forms.
+    case compressedCheckpoint(epoch: UInt64, encoding: BlockEncoding, size: UInt32, bytes: [UInt8])
     /// Backup → primary: the checkpoint of `epoch` is applied.
     case checkpointApplied(epoch: UInt64)
     /// Backup → primary: every log entry before `position` is held.
@@ -44,10 +47,34 @@ public enum WireMessage: Equatable, Sendable {
         case .refusal: return "refusal"
         case .module: return "module"
         case .checkpoint: return "checkpoint"
+        case .compressedCheckpoint: return "compressed checkpoint"
         case .logRecords: return "log records"
         case .checkpointApplied: return "checkpoint applied"
         case .logHeld: return "log held"
         case .heartbeat: return "heartbeat"
+        }
+    }
+
+    /// A checkpoint as it best travels: compressed when that makes it smaller (issue 5: memory
+    /// pages are mostly zeros and repeats), as it is otherwise.
+    public static func packing(epoch: UInt64, checkpoint bytes: [UInt8]) -> WireMessage {
+        guard bytes.count >= 256, bytes.count <= Int(UInt32.max) else { return .checkpoint(epoch: epoch, bytes: bytes) }
+        let lz4 = bytes.withUnsafeBytes { BlockCodec.lz4Compress($0) }
+        let zstd = bytes.withUnsafeBytes { BlockCodec.zstdCompress($0) }
+        let best = [(BlockEncoding.lz4, lz4), (.zstd, zstd)].compactMap { encoding, packed in packed.map { (encoding, $0) } }
+            .min { $0.1.count < $1.1.count }
+        guard let (encoding, packed) = best, packed.count < bytes.count else { return .checkpoint(epoch: epoch, bytes: bytes) }
+        return .compressedCheckpoint(epoch: epoch, encoding: encoding, size: UInt32(bytes.count), bytes: packed)
+    }
+
+    /// The checkpoint this message carries, expanded; nil for other messages.
+    public func unpackedCheckpoint() throws(BlockEncodingError) -> (epoch: UInt64, bytes: [UInt8])? {
+        switch self {
+        case .checkpoint(let epoch, let bytes): return (epoch, bytes)
+        case .compressedCheckpoint(let epoch, let encoding, let size, let bytes):
+            guard encoding == .lz4 || encoding == .zstd else { throw .corrupt("a checkpoint compressed as \(encoding)") }
+            return (epoch, try BlockCodec.decode(encoding, bytes, count: Int(size)))
+        default: return nil
         }
     }
 }
