@@ -135,7 +135,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
         let interval = options.mode == .remus ? options.epoch : options.checkpointInterval
         let timer = DispatchSource.makeTimerSource(queue: .global())
-        let nanos = Int(interval.components.seconds) * 1_000_000_000 + Int(interval.components.attoseconds / 1_000_000_000)
+        let nanos = Int(interval.nanoseconds)
         timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
         timer.setEventHandler { [weak self] in
             guard let self, self.lock.withLock({ self.active != nil && self.unappliedCheckpoints == 0 }) else { return }
@@ -317,7 +317,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 "seeding the backup: memory copied and sent; the pages written meanwhile follow",
                 metadata: [
                     "bytes": "\(bytes.count)", "sent": "\(message.checkpointWireBytes)",
-                    "millis": "\(Self.millis(ContinuousClock.now - began))",
+                    "millis": "\((ContinuousClock.now - began).milliseconds)",
                 ])
             if let self {
                 // Only if no newer seed has begun since (this one's connection may be gone).
@@ -353,13 +353,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
             "seed sent",
             metadata: [
                 "pages": "\(pages)", "bytes": "\(bytes.count)", "logPosition": "\(position)",
-                "sinceSeedStartMillis": "\(seedStarted.map { Self.millis(ContinuousClock.now - $0) } ?? 0)",
+                "sinceSeedStartMillis": "\(seedStarted.map { (ContinuousClock.now - $0).milliseconds } ?? 0)",
             ])
         channel.writeAndFlush(WireMessage.checkpoint(epoch: 1, bytes: bytes), promise: nil)
-    }
-
-    static func millis(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
     }
 
     private func checkpoint(_ machine: Machine, to channel: Channel) throws {
@@ -370,7 +366,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         logBytesSinceCheckpoint = 0
         let sent = epoch
         lock.withLock { unappliedCheckpoints += 1 }
-        metrics.capture.recordNanoseconds(Int64((ContinuousClock.now - began).components.attoseconds / 1_000_000_000))
+        metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
         let bytesSent = metrics.bytesSent

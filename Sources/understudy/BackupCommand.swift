@@ -70,13 +70,13 @@ struct BackupCommand: ParsableCommand {
             takeover.replay?.onWentLive = {
                 logger.notice(
                     "replayed the log; live",
-                    metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\(Self.millis(since: promotion.detected))"])
+                    metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)"])
             }
             logger.notice(
                 "serving",
                 metadata: [
                     "listen": "\(addresses.map(\.description).joined(separator: ","))",
-                    "sinceDetectionMillis": "\(Self.millis(since: promotion.detected))",
+                    "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)",
                 ])
             let code = try takeover.machine.run()
             throw ExitCode(code)
@@ -85,11 +85,6 @@ struct BackupCommand: ParsableCommand {
         } catch {
             throw failure(error)
         }
-    }
-
-    static func millis(since instant: ContinuousClock.Instant) -> Int64 {
-        let (seconds, attoseconds) = (ContinuousClock.now - instant).components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }
 
@@ -107,8 +102,4 @@ struct HeartbeatOptions: ParsableArguments {
         guard timeout > interval else { throw ValidationError("--heartbeat-timeout must be longer than --heartbeat-interval") }
         return HeartbeatTiming(interval: interval, timeout: timeout)
     }
-}
-
-extension Duration {
-    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
 }

@@ -86,7 +86,7 @@ struct MachineLaunch {
     }
 
     private static func requestEvery(_ interval: Duration, _ suspension: SuspensionRequest) -> DispatchSourceTimer {
-        let nanos = Int(interval.components.seconds) * 1_000_000_000 + Int(interval.components.attoseconds / 1_000_000_000)
+        let nanos = Int(interval.nanoseconds)
         let timer = DispatchSource.makeTimerSource(queue: .global())
         timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos))
         timer.setEventHandler { suspension.request() }

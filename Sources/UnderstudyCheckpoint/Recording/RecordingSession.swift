@@ -94,10 +94,7 @@ public final class RecordingSession {
         if let reason = writeFailure.reason { throw CheckpointError.unreadable(reason) }
     }
 
-    static func nanos(since start: ContinuousClock.Instant) -> UInt64 {
-        let (seconds, attoseconds) = (ContinuousClock.now - start).components
-        return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
-    }
+    static func nanos(since start: ContinuousClock.Instant) -> UInt64 { UInt64((ContinuousClock.now - start).nanoseconds) }
 }
 
 /// The first failure of the writer queue, reported on the machine's thread at the next checkpoint.

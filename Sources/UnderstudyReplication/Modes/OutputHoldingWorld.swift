@@ -100,7 +100,7 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         }
         guard let oldest else { return }
         wake.raise()
-        holdTimer.recordNanoseconds(Int64(clamping: (ContinuousClock.now - oldest).components.attoseconds / 1_000_000_000))
+        holdTimer.recordNanoseconds((ContinuousClock.now - oldest).nanoseconds)
     }
 
     private func withShared<Result, Failure: Error>(_ body: (inout Shared) throws(Failure) -> Result) throws(Failure) -> Result {
@@ -163,19 +163,21 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
 
     /// Queues `output` behind what `connection` already has waiting, or holds it for the backup.
     /// Nil when it should go straight to the inner world.
-    private func enqueue(_ output: Output) -> Bool {
+    /// `output` is only made when it is kept: unprotected output with nothing queued ahead of it
+    /// goes straight out without a copy.
+    private func enqueue(_ connection: ConnectionID, _ output: () -> Output) -> Bool {
         let heldBack = withShared { shared -> Bool in
             guard shared.protected else { return false }
-            if let free = shared.gate.hold(Held(output: output, since: .now), untilAcknowledged: positionOfNextOutput()) {
+            if let free = shared.gate.hold(Held(output: output(), since: .now), untilAcknowledged: positionOfNextOutput()) {
                 shared.released.append(free.output)
                 wake.raise()
             }
             return true
         }
         if heldBack { return true }
-        guard outbox[output.connection] != nil else { return false }
-        outbox[output.connection]!.append(output)
-        flush(output.connection)
+        guard outbox[connection] != nil else { return false }
+        outbox[connection]!.append(output())
+        flush(connection)
         return true
     }
 
@@ -199,21 +201,21 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         if bytes.isEmpty { return .done(0) }
         if bufferedBytes > 0 && bufferedBytes + bytes.count > bufferLimit { return .wouldBlock }
         bufferedBytes += bytes.count
-        if enqueue(.bytes(connection, Array(bytes))) { return .done(bytes.count) }
+        if enqueue(connection, { .bytes(connection, Array(bytes)) }) { return .done(bytes.count) }
         bufferedBytes -= bytes.count
         return inner.send(connection: connection, bytes: bytes)
     }
 
     public func shutdown(connection: ConnectionID, reading: Bool, writing: Bool) {
         deliverReleased()
-        if !enqueue(.shutdown(connection, reading: reading, writing: writing)) {
+        if !enqueue(connection, { .shutdown(connection, reading: reading, writing: writing) }) {
             inner.shutdown(connection: connection, reading: reading, writing: writing)
         }
     }
 
     public func close(connection: ConnectionID) {
         deliverReleased()
-        if !enqueue(.close(connection)) { inner.close(connection: connection) }
+        if !enqueue(connection, { .close(connection) }) { inner.close(connection: connection) }
     }
 
     public func close(listener: ListenerID) { inner.close(listener: listener) }
