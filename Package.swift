@@ -104,6 +104,10 @@ let package = Package(
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
+        .testTarget(
+            name: "UnderstudyProtectionTests",
+            dependencies: ["UnderstudyProtection", "UnderstudyReplication", "UnderstudyEventLog", "UnderstudyCore"]
+        ),
         // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).
         .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore", "UnderstudyReplication"]),
     ]

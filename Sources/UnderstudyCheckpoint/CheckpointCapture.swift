@@ -40,6 +40,14 @@ public final class CheckpointCapture {
         return (memory, rest)
     }
 
+    /// The pages written since the previous call (or capture), ascending, copying nothing: an
+    /// `active` backup compares them at a sync. The first call starts tracking and lists every page.
+    public func writtenPages(_ machine: Machine) throws -> [UInt32] {
+        try machine.withLinearMemory { memory in
+            try kernelTracker?.dirtyPages(of: memory) ?? hashingTracker.dirtyPages(of: memory)
+        }.sorted()
+    }
+
     /// Captures `machine`, suspended, at log position `logPosition`.
     public func capture(_ machine: Machine, logPosition: UInt64) throws -> CapturedCheckpoint {
         let rest = try machine.captureStateExceptMemory()

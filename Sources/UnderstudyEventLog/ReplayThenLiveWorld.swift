@@ -9,9 +9,14 @@ import UnderstudyCore
 /// The live world must number its connections above every identity in the checkpoint and the
 /// log (`LiveWorld.reserveConnections`): those connections are gone, and the guest sees them
 /// fail.
+///
+/// An `active` backup follows a log that is still arriving, with no live world yet: it gets one
+/// at its promotion, before its log is ended. A log that ends with no live world (the primary
+/// said goodbye) halts the machine.
 public final class ReplayThenLiveWorld: MachineWorld {
     private let replay: ReplayWorld
-    private let live: MachineWorld
+    /// Set before the replayed log ends, or the machine halts there.
+    public var live: MachineWorld?
     /// The latest monotonic reading the guest got: a live clock behind it (another host) must not
     /// make the guest's time go backwards.
     private var lastMonotonic: UInt64 = 0
@@ -19,18 +24,24 @@ public final class ReplayThenLiveWorld: MachineWorld {
     public var onWentLive: (() -> Void)?
     public private(set) var isLive = false
 
-    public init(replaying replay: ReplayWorld, then live: MachineWorld) {
+    public init(replaying replay: ReplayWorld, then live: MachineWorld?) {
         self.replay = replay
         self.live = live
     }
 
     public var divergence: String? { replay.divergence }
-    public var haltReason: String? { replay.divergence ?? live.haltReason }
+    /// The log position the replay has reached.
+    public var replayPosition: Int { replay.position }
+    public var haltReason: String? {
+        if let divergence = replay.divergence { return divergence }
+        return isLive ? live?.haltReason : replay.haltReason
+    }
 
     /// The world that answers the next call.
     private var current: MachineWorld {
-        if isLive { return live }
+        if isLive, let live { return live }
         if replay.hasNext || replay.divergence != nil { return replay }
+        guard let live else { return replay }  // halts: the log is over and nothing is live
         isLive = true
         onWentLive?()
         return live

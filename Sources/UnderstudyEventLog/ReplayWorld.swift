@@ -1,12 +1,24 @@
 import UnderstudyCore
 
+/// Where a replay reads its entries: a finished log (an array), or one still arriving (an
+/// active-mode backup follows its primary's log, and waits at its end for more).
+public protocol EventLogSource {
+    /// The entry at `position`, waiting for it if the log may still grow; nil once the log ends
+    /// before it.
+    func entry(at position: Int) -> EventLogEntry?
+}
+
+extension Array: EventLogSource where Element == EventLogEntry {
+    public func entry(at position: Int) -> EventLogEntry? { position < count ? self[position] : nil }
+}
+
 /// Answers the guest from a recorded event log instead of the outside world, and sends nothing
 /// anywhere: every output the replayed guest makes is checked against the one the recording
 /// logged at the same position. The first disagreement halts the machine with a reason naming
 /// the log position; so does the end of the log (`reachedEnd`), which is how a replay of a
 /// finished recording stops.
 public final class ReplayWorld: MachineWorld {
-    private let entries: [EventLogEntry]
+    private let entries: any EventLogSource
     /// The log position of the next entry to consume.
     public private(set) var position: Int
     public private(set) var divergence: String?
@@ -22,27 +34,32 @@ public final class ReplayWorld: MachineWorld {
         self.position = position
     }
 
+    /// Replays `source` from `position`; a growing source makes the guest wait for its entries.
+    public init(following source: any EventLogSource, startingAt position: Int) {
+        entries = source
+        self.position = position
+    }
+
     /// True while entries remain and none has diverged: the next call is answered from the log.
-    public var hasNext: Bool { divergence == nil && position < entries.count }
+    /// On a growing log, waits until the next entry arrives or the log ends.
+    public var hasNext: Bool { divergence == nil && entries.entry(at: position) != nil }
 
     public var haltReason: String? {
         if let divergence { return divergence }
-        return reachedEnd ? "the event log ends at position \(entries.count)" : nil
+        return reachedEnd ? "the event log ends at position \(position)" : nil
     }
 
     /// The next entry, consumed; nil (and the machine halts) when the log is over or has
     /// already diverged.
     private func next(_ asked: String) -> EventLogEntry? {
         guard haltReason == nil else { return nil }
-        guard position < entries.count else {
+        guard let entry = entries.entry(at: position) else {
             reachedEnd = true
             return nil
         }
-        defer {
-            position += 1
-            hostCallsSinceEntry = 0
-        }
-        return entries[position]
+        position += 1
+        hostCallsSinceEntry = 0
+        return entry
     }
 
     private func diverged(_ asked: String, _ found: EventLogEntry?, detail: String? = nil) {
@@ -151,7 +168,7 @@ public final class ReplayWorld: MachineWorld {
     /// The recording suspended at this point: the next entry is a suspension, and as many
     /// host calls have been entered since the last entry as when it was recorded.
     private var suspensionIsNext: Bool {
-        guard haltReason == nil, position < entries.count, case .suspended(let calls) = entries[position] else { return false }
+        guard haltReason == nil, case .suspended(let calls) = entries.entry(at: position) else { return false }
         return calls == hostCallsSinceEntry
     }
 

@@ -25,10 +25,13 @@ final class BackupReplica: @unchecked Sendable {
     private(set) var state: MachineState?
     private(set) var epoch: UInt64 = 0
     private(set) var log: BackupLog?
+    /// `active`: the machine following the log, from the seed on.
+    private(set) var follower: ActiveFollower?
     private let lock = NSLock()
 
-    /// The log exists (llm, after the first consistent checkpoint).
-    var holdsLog: Bool { lock.withLock { log != nil } }
+    /// Log records (and in `active` sync points) can be taken as they come: llm holds its log
+    /// after the first consistent checkpoint, active once its machine follows it.
+    var takesLogDirectly: Bool { lock.withLock { mode == .active ? follower != nil : log != nil } }
     var heldEntryCount: Int { lock.withLock { log?.entries.count ?? 0 } }
 
     /// How many service addresses this backup would take over (its `--listen`).
@@ -62,7 +65,7 @@ final class BackupReplica: @unchecked Sendable {
             try apply(checkpoint: bytes, epoch: epoch)
             return .checkpointApplied(epoch: epoch)
         case .logRecords(let first, let bytes):
-            guard mode == .llm else { throw Refusal("log records in \(mode) mode") }
+            guard mode == .llm || mode == .active else { throw Refusal("log records in \(mode) mode") }
             lock.lock()
             defer { lock.unlock() }
             guard log != nil else { throw Refusal("log records before the seed checkpoint") }
@@ -71,10 +74,44 @@ final class BackupReplica: @unchecked Sendable {
             } catch {
                 throw Refusal("\(error)")
             }
-            return .logHeld(position: log!.end)
+            let end = log!.end
+            if let follower { handOver(to: follower) }
+            return .logHeld(position: end)
+        case .syncPoint(let point):
+            guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync point outside a followed active log") }
+            follower.log.mark(point)
+            return nil
+        case .syncRepair(let sync, let packed):
+            guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync repair outside a followed active log") }
+            do {
+                follower.log.deliver(try SyncRepair.decode(try packed.unpacked()), for: sync)
+            } catch {
+                throw Refusal("sync \(sync)'s repair refused: \(error)")
+            }
+            return nil
         default:
             throw Refusal("unexpected \(message.kind) from the primary")
         }
+    }
+
+    /// `active`, once seeded: the machine that follows the log, built by `make` from the seed,
+    /// and handed whatever log arrived meanwhile.
+    func startFollowing(_ make: (PreparedModule, RecordingManifest, MachineState, UInt64) -> ActiveFollower) -> ActiveFollower? {
+        lock.withLock {
+            guard mode == .active, follower == nil, epoch >= 1, let prepared, let manifest, let state, let log else { return nil }
+            let follower = make(prepared, manifest, state, log.start)
+            handOver(to: follower)
+            self.follower = follower
+            return follower
+        }
+    }
+
+    /// Under `lock`: the held log goes to the follower; it keeps no copy.
+    private func handOver(to follower: ActiveFollower) {
+        guard var log, !log.entries.isEmpty else { return }
+        follower.log.append(log.entries)
+        try? log.checkpointApplied(at: log.end)  // cannot fail: the end is always within the log
+        self.log = log
     }
 
     private func adopt(module bytes: [UInt8], configuration: [UInt8]) throws(Refusal) {
@@ -105,6 +142,7 @@ final class BackupReplica: @unchecked Sendable {
     private func apply(checkpoint bytes: [UInt8], epoch: UInt64) throws(Refusal) {
         guard prepared != nil else { throw Refusal("a checkpoint before the module") }
         let expected = state == nil ? [0, 1] : [self.epoch + 1]
+        guard mode != .active || epoch <= 1 else { throw Refusal("checkpoint \(epoch) in active mode, where only the seed's two come") }
         guard expected.contains(epoch) else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
         let checkpoint: Checkpoint
         do {
@@ -119,7 +157,7 @@ final class BackupReplica: @unchecked Sendable {
             throw Refusal(state == nil ? "the first checkpoint is not full" : "a full checkpoint after the seed")
         }
         var log = self.log
-        if mode == .llm && epoch >= 1 {
+        if (mode == .llm || mode == .active) && epoch >= 1 {
             do {
                 if log == nil { log = BackupLog(startingAt: checkpoint.logPosition) }
                 try log!.checkpointApplied(at: checkpoint.logPosition)

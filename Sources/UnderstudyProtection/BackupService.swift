@@ -26,6 +26,8 @@ public final class BackupService: @unchecked Sendable {
         public var state: MachineState
         /// `llm`: the log after the state, to replay before going live.
         public var log: [EventLogEntry]
+        /// `active`: the machine already running, which goes live where it is.
+        var follower: ActiveFollower?
         public var epoch: UInt64
         /// When the primary's death was noticed.
         public var detected: ContinuousClock.Instant
@@ -52,11 +54,38 @@ public final class BackupService: @unchecked Sendable {
     /// How many service addresses this backup takes over (its `--listen`): a primary whose
     /// machine has another number is refused at once.
     private let listenerCount: Int
+    /// Test-only (`--inject-corruption-at-sync`): an `active` follower corrupts its memory there.
+    private let corruptAtSync: UInt64?
 
-    public init(logger: Logger, listenerCount: Int) {
+    public init(logger: Logger, listenerCount: Int, corruptAtSync: UInt64? = nil) {
         self.logger = logger
         self.listenerCount = listenerCount
+        self.corruptAtSync = corruptAtSync
         metrics.protected.record(0)
+    }
+
+    /// Takes the service over from the promotion: `llm` and `remus` restore (and replay) in a
+    /// fresh machine; `active` lets its running machine go live. Returns the guest's exit code.
+    public func takeOver(_ promotion: Promotion, listening addresses: [ServiceAddress]) throws -> Int32 {
+        if let follower = promotion.follower {
+            logger.notice("serving", metadata: ["listen": "\(addresses.map(\.description).joined(separator: ","))"])
+            return try follower.takeOver(listening: addresses, detected: promotion.detected)
+        }
+        let suspension = SuspensionRequest()
+        let takeover = try Takeover(promotion, listening: addresses, suspension: suspension, logger: logger)
+        let (replayed, logger) = (promotion.log.count, logger)
+        takeover.replay?.onWentLive = {
+            logger.notice(
+                "replayed the log; live",
+                metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)"])
+        }
+        logger.notice(
+            "serving",
+            metadata: [
+                "listen": "\(addresses.map(\.description).joined(separator: ","))",
+                "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)",
+            ])
+        return try takeover.machine.run()
     }
 
     public func listen(on address: ServiceAddress, heartbeat: HeartbeatTiming, group: EventLoopGroup) async throws -> SocketAddress {
@@ -84,6 +113,7 @@ public final class BackupService: @unchecked Sendable {
             if let session, session.channel.isActive, session.channel !== channel { return "this backup already protects a primary" }
             // A primary connecting again lived on unprotected: whatever an earlier connection left
             // here is stale, and is dropped.
+            session?.replica.follower?.abandon()
             session = Session(channel: channel, replica: BackupReplica(hello: hello, listenerCount: listenerCount))
             return nil
         }
@@ -93,9 +123,10 @@ public final class BackupService: @unchecked Sendable {
     /// acknowledgement), so once the log exists and nothing of it waits on the applier queue they
     /// are checked and acknowledged right here; everything else, in order, on the applier queue.
     private func route(_ message: WireMessage, from channel: Channel) {
+        let ordered = message.isLogOrdered
         let direct = lock.withLock { () -> Bool in
-            guard case .logRecords = message else { return false }
-            guard pendingLogBatches == 0, let session, session.channel === channel, session.replica.holdsLog else {
+            guard ordered else { return false }
+            guard pendingLogBatches == 0, let session, session.channel === channel, session.replica.takesLogDirectly else {
                 pendingLogBatches += 1
                 return false
             }
@@ -104,7 +135,7 @@ public final class BackupService: @unchecked Sendable {
         if direct { return handle(message, from: channel) }
         applier.async { [self] in
             handle(message, from: channel)
-            if case .logRecords = message { lock.withLock { pendingLogBatches -= 1 } }
+            if ordered { lock.withLock { pendingLogBatches -= 1 } }
         }
     }
 
@@ -124,16 +155,43 @@ public final class BackupService: @unchecked Sendable {
                 if epoch == 1 {
                     logger.notice("seeded; protecting the primary", metadata: ["mode": "\(current.replica.mode)"])
                     metrics.protected.record(1)
+                    startFollowing(current.replica, channel)
                 }
             case .logHeld: metrics.logHeld.record(current.replica.heldEntryCount)
             default: break
             }
             if let reply { channel.writeAndFlush(reply, promise: nil) }
         } catch {
-            logger.error("refusing the primary's message; closing", metadata: ["reason": "\(error)"])
-            lock.withLock { session?.ended = "refused: \(error)" }
-            channel.writeAndFlush(WireMessage.refusal("\(error)")).whenComplete { _ in channel.close(promise: nil) }
+            refuse(channel, because: "\(error)")
         }
+    }
+
+    /// `active`: the seed is applied; its machine starts following the log.
+    private func startFollowing(_ replica: BackupReplica, _ channel: Channel) {
+        let (logger, metrics, corruptAtSync) = (logger, metrics, corruptAtSync)
+        let follower = replica.startFollowing { prepared, manifest, state, position in
+            ActiveFollower(
+                prepared: prepared, manifest: manifest, seed: state, position: position, options: .init(corruptAtSync: corruptAtSync),
+                logger: logger, metrics: metrics,
+                send: { message in
+                    if case .syncDiffers(_, _, _, let hashes) = message { metrics.stateBytesSent.increment(by: Int64(hashes.count)) }
+                    channel.writeAndFlush(message, promise: nil)
+                },
+                onDiverged: { [weak self] reason in self?.refuse(channel, because: "the backup's machine diverged: \(reason)") })
+        }
+        follower?.start()
+    }
+
+    /// Ends the session from this side; the primary seeds a new one.
+    private func refuse(_ channel: Channel, because reason: String) {
+        let ours = lock.withLock { () -> Bool in
+            guard session?.channel === channel, session?.ended == nil else { return false }
+            session?.ended = reason
+            return true
+        }
+        guard ours else { return }
+        logger.error("refusing the primary's session; it will seed again", metadata: ["reason": "\(reason)"])
+        channel.writeAndFlush(WireMessage.refusal(reason)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// The applier queue: every message that arrived before the close has been applied.
@@ -142,27 +200,45 @@ public final class BackupService: @unchecked Sendable {
         let plan = lock.withLock { () -> Promotion? in
             guard let current = session, current.channel === channel else { return nil }
             metrics.protected.record(0)
+            let replica = current.replica
             if let ended = current.ended {
                 logger.notice("the primary's connection ended; not taking over", metadata: ["reason": "\(ended)"])
+                replica.follower?.abandon()
                 session = nil
                 return nil
             }
-            let replica = current.replica
-            guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state else {
+            guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state,
+                replica.mode != .active || replica.follower != nil
+            else {
                 logger.warning("the primary is gone before seeding this backup; nothing to take over")
+                replica.follower?.abandon()
                 session = nil
                 return nil
             }
             promotion = Promotion(
                 mode: replica.mode, prepared: prepared, manifest: manifest, state: state, log: replica.log?.entries ?? [],
-                epoch: replica.epoch, detected: detected)
+                follower: replica.follower, epoch: replica.epoch, detected: detected)
             return promotion
         }
         guard let plan else { return }
         metrics.failovers.increment()
         logger.notice(
             "the primary is gone; taking over",
-            metadata: ["mode": "\(plan.mode)", "checkpoint": "\(plan.epoch)", "logEntriesToReplay": "\(plan.log.count)"])
+            metadata: [
+                "mode": "\(plan.mode)", "checkpoint": "\(plan.epoch)",
+                "logEntriesToReplay": "\(plan.follower?.log.behind ?? plan.log.count)",
+            ])
         promoted.signal()
+    }
+}
+
+extension WireMessage {
+    /// Messages that must be taken in the log's order: the log itself, and `active`'s sync points
+    /// and repairs, which name positions in it.
+    var isLogOrdered: Bool {
+        switch self {
+        case .logRecords, .syncPoint, .syncRepair: return true
+        default: return false
+        }
     }
 }

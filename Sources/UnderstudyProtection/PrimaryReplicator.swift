@@ -32,6 +32,12 @@ public final class PrimaryReplicator: @unchecked Sendable {
         public var checkpointInterval: Duration
         /// `llm`: a checkpoint is also taken once this much log has been sent since the last.
         public var logBytesPerCheckpoint: Int
+        /// `active`: how often both machines stop at one log position and compare.
+        public var syncInterval: Duration = .milliseconds(100)
+        /// `active`: what a sync that finds differences compares and repairs in (FGBI).
+        public var blockSize = SyncBlockSize.standard
+        /// `active`: every sync also compares the whole state (tests, diagnosis).
+        public var verifySyncs = false
         public var heartbeat: HeartbeatTiming
         public var reconnectInterval: Duration
 
@@ -40,7 +46,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
             heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
         ) {
-            precondition(mode == .remus || mode == .llm, "a primary protects in remus or llm mode")
+            precondition(mode != .none, "a primary protects in remus, llm or active mode")
             self.mode = mode
             self.backup = backup
             self.epoch = epoch
@@ -64,6 +70,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private let logger: Logger
     private let capture: CheckpointCapture
     private let sender = DispatchQueue(label: "understudy.checkpoint-sender")
+    /// `active`: the state the backup holds, for repairs; used on `sender` only.
+    private let repairer: SyncRepairer?
     private let metrics: ReplicationMetrics
     /// The log position the stream has reached (llm), for the lag metric; guarded by `lock`.
     private var logSent: UInt64 = 0
@@ -113,7 +121,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
         capture = CheckpointCapture(moduleHash: prepared.hash)
         holding = OutputHoldingWorld(holding: live)
         live.outputWakeDescriptor = holding.wakeDescriptor
-        if options.mode == .llm {
+        repairer = options.mode == .active ? SyncRepairer(blockSize: options.blockSize) : nil
+        if options.mode == .llm || options.mode == .active {
             let stream = LogStream()
             let recording = RecordingWorld(recording: holding, to: stream, batchBytes: 256 << 10)
             self.recording = recording
@@ -133,7 +142,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting.
     public func start(_ machine: Machine) {
         machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
-        let interval = options.mode == .remus ? options.epoch : options.checkpointInterval
+        let interval = [.remus: options.epoch, .active: options.syncInterval][options.mode] ?? options.checkpointInterval
         let timer = DispatchSource.makeTimerSource(queue: .global())
         let nanos = Int(interval.nanoseconds)
         timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
@@ -204,7 +213,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         do {
             switch message {
             case .logHeld(let position):
-                guard options.mode == .llm else { throw ProtocolViolation("log held in \(options.mode) mode") }
+                guard recording != nil else { throw ProtocolViolation("log held in \(options.mode) mode") }
                 try holding.acknowledge(below: position)
                 let sent = lock.withLock { logSent }
                 metrics.logLag.record(sent > position ? Int64(sent - position) : 0)
@@ -217,6 +226,27 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     logger.notice("backup seeded; the machine is protected", metadata: ["mode": "\(options.mode)"])
                     metrics.protected.record(1)
                 }
+            case .syncMatched(let sync):
+                try answered(sync: sync, on: channel) { repairer in try repairer.matched(sync: sync) }
+            case .syncDiffers(let sync, let blockSize, let stateDigest, let hashes):
+                try answered(sync: sync, on: channel) { [options, metrics, logger] repairer in
+                    guard Int(blockSize) == options.blockSize else { throw ProtocolViolation("sync hashes in \(blockSize)-byte blocks, not \(options.blockSize)") }
+                    let pages = try PageBlockHashes.decode(hashes, blockSize: Int(blockSize))
+                    let repair = try repairer.repair(sync: sync, backupPages: pages, backupStateDigest: stateDigest)
+                    let message = WireMessage.syncRepair(sync: sync, repair: PackedBytes(packing: repair.encoded()))
+                    let bytes = Int64(WireCodec.payloadBytes(message))
+                    metrics.bytesSent.increment(by: bytes)
+                    metrics.stateBytesSent.increment(by: bytes)
+                    metrics.divergences.increment()
+                    metrics.repairedBlocks.increment(by: Int64(repair.blocks.count))
+                    channel.writeAndFlush(message, promise: nil)
+                    logger.warning(
+                        "sync found the backup diverged; sending the blocks that differ",
+                        metadata: [
+                            "sync": "\(sync)", "blocks": "\(repair.blocks.count)", "blockSize": "\(blockSize)",
+                            "globalsOrDevices": "\(repair.state.isEmpty ? "agreed" : "differed")", "bytes": "\(bytes)",
+                        ])
+                }
             case .refusal(let reason):
                 lock.withLock { refusals += 1 }
                 logger.error("the backup refused", metadata: ["reason": "\(reason)"])
@@ -225,8 +255,29 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 throw ProtocolViolation("unexpected \(message.kind) from the backup")
             }
         } catch {
-            logger.error("closing the replication connection", metadata: ["reason": "\(error)"])
-            channel.close(promise: nil)
+            refuse(channel, because: "\(error)")
+        }
+    }
+
+    /// Ends a connection from this side, saying why: a backup told so does not take the close for
+    /// this primary's death (this primary goes on serving, and will seed a backup again).
+    private func refuse(_ channel: Channel, because reason: String) {
+        logger.error("closing the replication connection", metadata: ["reason": "\(reason)"])
+        channel.writeAndFlush(WireMessage.refusal(reason)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// The event loop: the backup answered sync `sync`; `handle` runs on the sender queue, where
+    /// the repairer lives, and the next sync may be taken once it has.
+    private func answered(sync: UInt64, on channel: Channel, _ handle: @escaping @Sendable (SyncRepairer) throws -> Void) throws {
+        guard let repairer else { throw ProtocolViolation("a sync answer in \(options.mode) mode") }
+        sender.async { [weak self] in
+            guard let self, self.lock.withLock({ self.active === channel }) else { return }
+            do {
+                try handle(repairer)
+            } catch {
+                self.refuse(channel, because: "\(error)")
+            }
+            self.lock.withLock { self.unappliedCheckpoints = max(0, self.unappliedCheckpoints - 1) }
         }
     }
 
@@ -257,7 +308,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.bytesSent.increment(by: Int64(bytes.count))
         channel.writeAndFlush(WireMessage.logRecords(first: first, bytes: bytes), promise: nil)
         logBytesSinceCheckpoint += bytes.count
-        if logBytesSinceCheckpoint > options.logBytesPerCheckpoint && lock.withLock({ unappliedCheckpoints == 0 }) {
+        if options.mode == .llm && logBytesSinceCheckpoint > options.logBytesPerCheckpoint && lock.withLock({ unappliedCheckpoints == 0 }) {
             logBytesSinceCheckpoint = 0
             suspension.request()
         }
@@ -272,7 +323,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             default: try beginSeed(seeding, machine)  // nothing begun, or for a connection since lost
             }
         } else if let channel {
-            try checkpoint(machine, to: channel)
+            if options.mode == .active { try sync(machine, with: channel) } else { try checkpoint(machine, to: channel) }
         }
     }
 
@@ -311,7 +362,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
             state.memory = copy
             let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
             let message = WireMessage.packing(epoch: 0, checkpoint: bytes)
+            self?.repairer?.startOver(from: state)
             metrics.bytesSent.increment(by: Int64(message.checkpointWireBytes))
+            metrics.stateBytesSent.increment(by: Int64(message.checkpointWireBytes))
             channel.writeAndFlush(message, promise: nil)
             logger.notice(
                 "seeding the backup: memory copied and sent; the pages written meanwhile follow",
@@ -336,7 +389,20 @@ public final class PrimaryReplicator: @unchecked Sendable {
         let captured = try capture.capture(machine, logPosition: position)
         let bytes = CheckpointCodec.encode(captured.checkpoint!)
         let pages = captured.pageCount
-        captured.recycle()
+        if let repairer {
+            // The backup's copy starts here; the sender queue keeps it from now on.
+            sender.async { [logger] in
+                do {
+                    if captured.checkpoint!.kind == .full { repairer.startOver() }
+                    try repairer.advance(by: captured.checkpoint!)
+                } catch {
+                    logger.error("the seed does not apply to the primary's copy of the backup", metadata: ["reason": "\(error)"])
+                }
+                captured.recycle()
+            }
+        } else {
+            captured.recycle()
+        }
         epoch = 1
         logBytesSinceCheckpoint = 0
         let stillWanted = lock.withLock { () -> Bool in
@@ -346,8 +412,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
             return true
         }
         guard stillWanted else { return }
-        holding.protect(acknowledgedBelow: options.mode == .llm ? position : 1)
+        holding.protect(acknowledgedBelow: options.mode == .remus ? 1 : position)
         metrics.bytesSent.increment(by: Int64(bytes.count))
+        metrics.stateBytesSent.increment(by: Int64(bytes.count))
         metrics.epochs.increment()
         logger.notice(
             "seed sent",
@@ -369,14 +436,51 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
-        let bytesSent = metrics.bytesSent
+        let (bytesSent, stateBytesSent) = (metrics.bytesSent, metrics.stateBytesSent)
         sender.async {
             let bytes = CheckpointCodec.encode(captured.checkpoint!)
             captured.recycle()
             let message = WireMessage.packing(epoch: sent, checkpoint: bytes)
             bytesSent.increment(by: Int64(message.checkpointWireBytes))
+            stateBytesSent.increment(by: Int64(message.checkpointWireBytes))
             channel.writeAndFlush(message, promise: nil)
         }
+    }
+
+    /// `active`: a sync point. Sent from here, before the guest resumes, so that it is on the wire
+    /// ahead of every log entry after it (`FollowedLog` relies on that order). One at a time: a
+    /// suspension while one is unanswered is not a sync, and the backup moves past it.
+    private func sync(_ machine: Machine, with channel: Channel) throws {
+        guard let recording, let repairer, lock.withLock({ unappliedCheckpoints == 0 }) else { return }
+        try recording.flush()
+        let began = ContinuousClock.now
+        let position = recording.position
+        let captured = try capture.capture(machine, logPosition: position)
+        let checkpoint = captured.checkpoint!
+        let dirty = (checkpoint.pages.map(\.index) + checkpoint.zeroPages).sorted()
+        let stateBytes = StateSync.stateBytes(of: checkpoint)
+        let (digest, whole) = machine.withLinearMemory { memory in
+            (
+                StateSync.digest(memory: memory, dirty: dirty, stateBytes: stateBytes),
+                options.verifySyncs ? StateSync.wholeState(memory: memory, stateBytes: stateBytes) : nil
+            )
+        }
+        epoch += 1
+        let sync = epoch
+        lock.withLock { unappliedCheckpoints += 1 }
+        let message = WireMessage.syncPoint(
+            SyncPoint(
+                sync: sync, position: position, dirtyPages: UInt32(dirty.count), digest: digest,
+                blockSize: UInt16(options.blockSize), wholeState: whole))
+        let bytes = Int64(WireCodec.payloadBytes(message))
+        metrics.bytesSent.increment(by: bytes)
+        metrics.stateBytesSent.increment(by: bytes)
+        metrics.syncs.increment()
+        metrics.pages.record(dirty.count)
+        // Queued before the message goes out: the answer's handling queues behind it.
+        sender.async { repairer.pend(sync: sync, captured: captured, stateBytes: stateBytes) }
+        channel.writeAndFlush(message, promise: nil)
+        metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
     }
 }
 

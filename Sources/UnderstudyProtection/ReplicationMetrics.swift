@@ -12,6 +12,17 @@ struct ReplicationMetrics {
     let checkpointsApplied: Counter
     let logHeld: Gauge
     let logLag: Gauge
+    /// Checkpoints, syncs and repairs: the memory-state traffic (the rest is the event log).
+    let stateBytesSent: Counter
+    let syncs: Counter
+    /// Syncs whose digests differed, and the blocks they repaired.
+    let divergences: Counter
+    let repairedBlocks: Counter
+    /// `--verify-syncs`: whole states found equal after a sync, and not.
+    let verified: Counter
+    let verificationFailures: Counter
+    /// How far the backup's machine is behind the log it holds, at its syncs.
+    let followLag: Gauge
 
     init(role: String, mode: String = "") {
         let dimensions = [("role", role)]
@@ -24,5 +35,12 @@ struct ReplicationMetrics {
         checkpointsApplied = Counter(label: "understudy_checkpoints_applied", dimensions: dimensions)
         logHeld = Gauge(label: "understudy_log_held_entries", dimensions: dimensions)
         logLag = Gauge(label: "understudy_log_unacknowledged_entries", dimensions: dimensions)
+        stateBytesSent = Counter(label: "understudy_state_bytes", dimensions: dimensions)
+        syncs = Counter(label: "understudy_syncs", dimensions: dimensions)
+        divergences = Counter(label: "understudy_sync_divergences", dimensions: dimensions)
+        repairedBlocks = Counter(label: "understudy_sync_repaired_blocks", dimensions: dimensions)
+        verified = Counter(label: "understudy_sync_verified", dimensions: dimensions)
+        verificationFailures = Counter(label: "understudy_sync_verification_failures", dimensions: dimensions)
+        followLag = Gauge(label: "understudy_follow_lag_entries", dimensions: dimensions)
     }
 }

@@ -45,7 +45,7 @@ public struct Takeover {
             restoring: promotion.state, prepared: promotion.prepared, world: world, suspension: suspension, configuration: configuration)
     }
 
-    private static func openService(_ addresses: [ServiceAddress], suspension: SuspensionRequest, logger: Logger) throws -> LiveWorld {
+    static func openService(_ addresses: [ServiceAddress], suspension: SuspensionRequest, logger: Logger) throws -> LiveWorld {
         let deadline = ContinuousClock.now + addressPatience
         var waiting = false
         while true {

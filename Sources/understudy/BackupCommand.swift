@@ -14,12 +14,15 @@ struct BackupCommand: ParsableCommand {
         abstract: "Protect a primary's machine, and take over its service when the primary dies.",
         discussion: """
             Waits for a primary on --replication. The primary sends its module and configuration, \
-            a full checkpoint, then what its mode sends: checkpoints every epoch (remus) or the \
-            event log and a checkpoint every interval (llm). Each is checked whole before it is \
-            applied. When the primary's connection ends without a goodbye, or it is silent for \
-            --heartbeat-timeout, this process restores the latest checkpoint (and in llm replays \
-            the log after it), listens on --listen and serves. Connections open at the failover \
-            close; clients reconnect.
+            a full checkpoint, then what its mode sends: checkpoints every epoch (remus), the \
+            event log and a checkpoint every interval (llm), or the event log and sync points \
+            (active: this process runs the machine too, following the log, and the two compare \
+            their states at each sync). Each message is checked whole before it is applied. When \
+            the primary's connection ends without a goodbye, or it is silent for \
+            --heartbeat-timeout, this process takes over: it restores the latest checkpoint (and \
+            in llm replays the log after it), or in active lets its running machine finish the \
+            log; then it listens on --listen and serves. Connections open at the failover close; \
+            clients reconnect.
             """
     )
 
@@ -30,6 +33,9 @@ struct BackupCommand: ParsableCommand {
     var listen: [String] = []
 
     @OptionGroup var heartbeat: HeartbeatOptions
+
+    @Option(name: .long, help: ArgumentHelp("Test only: corrupt this backup's memory at active sync N, before comparing.", visibility: .hidden))
+    var injectCorruptionAtSync: UInt64?
 
     @OptionGroup var metrics: MetricsOption
 
@@ -52,7 +58,7 @@ struct BackupCommand: ParsableCommand {
         do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let service = BackupService(logger: logger, listenerCount: addresses.count)
+        let service = BackupService(logger: logger, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync)
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {
@@ -64,21 +70,7 @@ struct BackupCommand: ParsableCommand {
         let promotion = service.waitForPromotion()
         _ = try? group.next().makeFutureWithTask { await service.close() }.wait()
         do {
-            let suspension = SuspensionRequest()
-            let takeover = try Takeover(promotion, listening: addresses, suspension: suspension, logger: logger)
-            let replayed = promotion.log.count
-            takeover.replay?.onWentLive = {
-                logger.notice(
-                    "replayed the log; live",
-                    metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)"])
-            }
-            logger.notice(
-                "serving",
-                metadata: [
-                    "listen": "\(addresses.map(\.description).joined(separator: ","))",
-                    "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)",
-                ])
-            let code = try takeover.machine.run()
+            let code = try service.takeOver(promotion, listening: addresses)
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

@@ -12,12 +12,14 @@ import UnderstudyReplication
 struct PrimaryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "primary",
-        abstract: "Run a guest protected by a backup (`understudy backup`), in remus or llm mode.",
+        abstract: "Run a guest protected by a backup (`understudy backup`), in remus, llm or active mode.",
         discussion: """
             Serves at once and connects to --backup in the background; once the backup holds a \
             full checkpoint the machine is protected: output leaves only when the backup has \
-            acknowledged what it takes to reproduce it (remus: the epoch's checkpoint; llm: the \
-            log up to the output). If the backup is lost the primary releases what it held, goes \
+            acknowledged what it takes to reproduce it (remus: the epoch's checkpoint; llm and \
+            active: the log up to the output). In active mode the backup runs the machine too, \
+            following the log; every --sync-every both stop at the same log position and compare \
+            digests of the pages they wrote, and only blocks that differ are sent. If the backup is lost the primary releases what it held, goes \
             on unprotected, and seeds the backup again when it can reach it.
             """
     )
@@ -31,7 +33,7 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "HOST:PORT of the backup's --replication.")
     var backup: String
 
-    @Option(name: .long, help: "remus (a checkpoint every --epoch, output held until it is applied) or llm (the event log streamed, output held until the log before it is held).")
+    @Option(name: .long, help: "remus (a checkpoint every --epoch, output held until it is applied), llm (the event log streamed, output held until the log before it is held) or active (as llm, and the backup runs the machine from the log; states compared every --sync-every).")
     var mode: ReplicationMode
 
     @Option(name: .long, help: "remus: the epoch, like 25ms (default 25ms).")
@@ -39,6 +41,15 @@ struct PrimaryCommand: ParsableCommand {
 
     @Option(name: .long, help: "llm: how often a checkpoint is sent, bounding what a takeover replays (default 50ms: a takeover replays at most about that much guest execution).")
     var checkpointInterval: DurationArgument?
+
+    @Option(name: .long, help: "active: how often both machines stop at one log position and compare (default 100ms).")
+    var syncEvery: DurationArgument?
+
+    @Option(name: .long, help: "active: the block size, in bytes, that a sync which finds differences compares and repairs in: 64, 128, 256 … 4096 (default 64).")
+    var blockSize: Int?
+
+    @Flag(name: .long, help: "active: check at every sync that the backup's whole state equals the primary's (a pass over memory on each side; for tests and diagnosis).")
+    var verifySyncs = false
 
     @OptionGroup var heartbeat: HeartbeatOptions
 
@@ -52,9 +63,15 @@ struct PrimaryCommand: ParsableCommand {
         _ = try ServiceAddress.listenAddresses(listen)
         _ = try backupAddress()
         _ = try heartbeat.timing()
-        guard mode == .remus || mode == .llm else { throw ValidationError("--mode must be remus or llm (active is not built yet)") }
+        guard mode != .none else { throw ValidationError("--mode must be remus, llm or active (`understudy run` serves unprotected)") }
         if epoch != nil && mode != .remus { throw ValidationError("--epoch applies to --mode remus") }
         if checkpointInterval != nil && mode != .llm { throw ValidationError("--checkpoint-interval applies to --mode llm") }
+        if (syncEvery != nil || blockSize != nil || verifySyncs) && mode != .active {
+            throw ValidationError("--sync-every, --block-size and --verify-syncs apply to --mode active")
+        }
+        if let blockSize, !SyncBlockSize.allowed.contains(blockSize) {
+            throw ValidationError("--block-size must be one of \(SyncBlockSize.allowed.map(String.init).joined(separator: ", ")), not \(blockSize)")
+        }
     }
 
     private func backupAddress() throws -> ServiceAddress {
@@ -80,6 +97,9 @@ struct PrimaryCommand: ParsableCommand {
             var options = PrimaryReplicator.Options(mode: mode, backup: try backupAddress(), heartbeat: try heartbeat.timing())
             if let epoch { options.epoch = epoch.duration }
             if let checkpointInterval { options.checkpointInterval = checkpointInterval.duration }
+            if let syncEvery { options.syncInterval = syncEvery.duration }
+            if let blockSize { options.blockSize = blockSize }
+            options.verifySyncs = verifySyncs
             let replicator = PrimaryReplicator(
                 options: options, prepared: prepared, module: moduleBytes, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)
@@ -114,6 +134,6 @@ extension ReplicationMode: ExpressibleByArgument {
         self = mode
     }
 
-    /// What `primary --mode` takes (`none` is `run`; `active` is not built).
-    public static var allValueStrings: [String] { ["remus", "llm"] }
+    /// What `primary --mode` takes (`none` is `run`).
+    public static var allValueStrings: [String] { ["remus", "llm", "active"] }
 }

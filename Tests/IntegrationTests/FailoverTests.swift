@@ -4,8 +4,10 @@ import UnderstudyCore
 import XCTest
 
 /// A protected machine's primary is SIGKILLed at a random moment under load; the backup takes
-/// over, and everything a client saw acknowledged is still there (issue 4). Twenty kills per
-/// run across both modes and two guests. Set `UNDERSTUDY_FAILOVER_SEED` to repeat a run.
+/// over, and everything a client saw acknowledged is still there (issues 4 and 5). Thirty kills
+/// per run across three modes and two guests; the bank's active pairs also check at every sync
+/// that the backup's whole state equals the primary's (`--verify-syncs`): a backup that found
+/// otherwise would refuse its primary and never take over. Set `UNDERSTUDY_FAILOVER_SEED` to repeat a run.
 final class FailoverTests: XCTestCase {
     private static let seed: UInt64 = ProcessInfo.processInfo.environment["UNDERSTUDY_FAILOVER_SEED"].flatMap(UInt64.init)
         ?? UInt64.random(in: 1...UInt64.max)
@@ -19,12 +21,15 @@ final class FailoverTests: XCTestCase {
 
     func testBankSurvivesPrimaryKillsInLLMMode() throws { try bankKills(mode: "llm", count: 5) }
     func testBankSurvivesPrimaryKillsInRemusMode() throws { try bankKills(mode: "remus", count: 5) }
+    func testBankSurvivesPrimaryKillsInActiveMode() throws {
+        try bankKills(mode: "active", count: 5, options: ["--verify-syncs", "--sync-every", "20ms"])
+    }
 
-    private func bankKills(mode: String, count: Int) throws {
+    private func bankKills(mode: String, count: Int, options: [String] = []) throws {
         var downtimes: [Double] = []
         for round in 0..<count {
             let clients = 4
-            let pair = try ProtectedPair("bank", mode: mode, guestArguments: ["\(2 * clients)", "1000"])
+            let pair = try ProtectedPair("bank", mode: mode, guestArguments: ["\(2 * clients)", "1000"], primaryOptions: options)
             defer { pair.stop() }
             let models = (0..<UInt64(clients)).map { (index: UInt64) -> BankClient in
                 BankClient(port: pair.servicePort, accounts: (2 * index, 2 * index + 1))
@@ -61,6 +66,7 @@ final class FailoverTests: XCTestCase {
 
     func testKVSurvivesPrimaryKillsInLLMMode() throws { try kvKills(mode: "llm", count: 5) }
     func testKVSurvivesPrimaryKillsInRemusMode() throws { try kvKills(mode: "remus", count: 5) }
+    func testKVSurvivesPrimaryKillsInActiveMode() throws { try kvKills(mode: "active", count: 5) }
 
     private func kvKills(mode: String, count: Int) throws {
         let commands = FileManager.default.temporaryDirectory.appendingPathComponent("kv-sets-\(UUID().uuidString)")

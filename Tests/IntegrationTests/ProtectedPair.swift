@@ -59,11 +59,11 @@ final class ProtectedPair {
     private(set) var backup: UnderstudyProcess
     private(set) var primary: UnderstudyProcess
 
-    init(_ guest: String, mode: String, guestArguments: [String] = [], primaryOptions: [String] = []) throws {
+    init(_ guest: String, mode: String, guestArguments: [String] = [], primaryOptions: [String] = [], backupOptions: [String] = []) throws {
         self.mode = mode
         self.guest = guest
         self.guestArguments = guestArguments
-        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort)
+        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: backupOptions)
         primary = try UnderstudyProcess(
             "primary",
             [
@@ -73,9 +73,9 @@ final class ProtectedPair {
         try primary.waitFor("the machine is protected")
     }
 
-    static func startBackup(replicationPort: UInt16, servicePort: UInt16) throws -> UnderstudyProcess {
+    static func startBackup(replicationPort: UInt16, servicePort: UInt16, options: [String] = []) throws -> UnderstudyProcess {
         let backup = try UnderstudyProcess(
-            "backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)"])
+            "backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)"] + options)
         try backup.waitFor("waiting for a primary")
         return backup
     }

@@ -9,6 +9,10 @@ final class WireCodecTests: XCTestCase {
         .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
         .compressedCheckpoint(epoch: 9, encoding: .zstd, size: 70_000, bytes: Array(repeating: 3, count: 300)),
         .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,
+        .syncPoint(SyncPoint(sync: 3, position: 99, dirtyPages: 12, digest: 0xdead_beef, blockSize: 64, wholeState: nil)),
+        .syncPoint(SyncPoint(sync: 4, position: 120, dirtyPages: 0, digest: 1, blockSize: 4096, wholeState: 77)),
+        .syncMatched(sync: 3), .syncDiffers(sync: 4, blockSize: 128, stateDigest: 5, hashes: Array(repeating: 1, count: 4 + 8 * 32)),
+        .syncRepair(sync: 4, repair: PackedBytes(packing: Array(repeating: 0, count: 1000))),
     ]
 
     private func stream(_ messages: [WireMessage]) -> [UInt8] {
@@ -41,6 +45,42 @@ final class WireCodecTests: XCTestCase {
             XCTAssertNil(error)
             XCTAssertEqual(decoded, messages, "in \(pieces) pieces")
         }
+    }
+
+    func testSyncHashesAndRepairsRoundTripAndRefuseDamage() throws {
+        var random = SeededGenerator(seed: 11)
+        for blockSize in SyncBlockSize.allowed {
+            let pages = (0..<5).map { page in
+                PageBlockHashes(page: UInt32(page * 3), hashes: (0..<(4096 / blockSize)).map { _ in random.next() })
+            }
+            let encoded = PageBlockHashes.encode(pages)
+            XCTAssertEqual(try PageBlockHashes.decode(encoded, blockSize: blockSize), pages)
+            XCTAssertThrowsError(try PageBlockHashes.decode(Array(encoded.dropLast()), blockSize: blockSize))
+            XCTAssertThrowsError(try PageBlockHashes.decode(PageBlockHashes.encode(pages.reversed()), blockSize: blockSize), "pages out of order")
+
+            let blocks = (0..<4).map { index in
+                SyncRepair.Block(index: UInt32(index * 7), bytes: (0..<blockSize).map { _ in UInt8.random(in: 0...255, using: &random) })
+            }
+            let repair = SyncRepair(blockSize: blockSize, blocks: blocks, state: [1, 2, 3])
+            let bytes = repair.encoded()
+            XCTAssertEqual(try SyncRepair.decode(bytes), repair)
+            XCTAssertEqual(try SyncRepair.decode(try PackedBytes(packing: bytes).unpacked()), repair)
+            // Cut inside the blocks: the state would swallow them, so the count must not fit.
+            XCTAssertThrowsError(try SyncRepair.decode(Array(bytes.prefix(6 + (4 + blockSize) * 2))))
+        }
+        var lying = SyncRepair(blockSize: 64, blocks: [], state: []).encoded()
+        lying[2] = 0xff  // claims 255 blocks in 6 bytes
+        XCTAssertThrowsError(try SyncRepair.decode(lying))
+        XCTAssertThrowsError(try PackedBytes(encoding: .raw, size: 10, bytes: [1]).unpacked())
+        // A sync point with a block size no sync uses is refused at the frame.
+        var encoder = WireEncoder()
+        var frame = encoder.encode(.syncPoint(SyncPoint(sync: 1, position: 2, dirtyPages: 3, digest: 4, blockSize: 64, wholeState: nil)))
+        frame[WireCodec.headerBytes + 28] = 65  // blockSize's low byte
+        let crc = CRC32C.checksum(frame[WireCodec.headerBytes..<(frame.count - 4)])
+        withUnsafeBytes(of: crc.littleEndian) { frame.replaceSubrange((frame.count - 4)..., with: $0) }
+        let (decoded, error) = decodeAll(frame)
+        XCTAssertEqual(decoded, [])
+        XCTAssertEqual(error, .malformed("a sync point's block size is 65"))
     }
 
     func testEveryFlippedByteIsRefusedAndNothingAfterItIsHandedOn() {

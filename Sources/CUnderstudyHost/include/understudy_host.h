@@ -36,3 +36,6 @@ long understudy_pagemap_scan(int pagemap, void *start, uint64_t length, struct u
 
 // CRC-32C of `count` bytes, continuing from `previous` (0 to start): SSE4.2 where available.
 uint32_t understudy_crc32c(uint32_t previous, const void *bytes, size_t count);
+
+// XXH64 of `count` bytes: the block hash active-mode syncs compare (not cryptographic).
+uint64_t understudy_hash64(const void *bytes, size_t count, uint64_t seed);

@@ -127,10 +127,30 @@ public final class Machine {
         return "\(error)"
     }
 
-    /// The guest's linear memory in place, for a dirty tracker. Only while suspended.
+    /// The guest is not running: suspended, or restored and not yet resumed.
+    private var isStill: Bool { isSuspended || resumesSuspendedGuest }
+
+    /// The guest's linear memory in place, for a dirty tracker. Only while the guest is still
+    /// (suspended, or restored and not yet run).
     public func withLinearMemory<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
-        precondition(isSuspended, "linear memory read while the guest runs")
+        precondition(isStill, "linear memory read while the guest runs")
         return try memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount, body)
+    }
+
+    /// The guest's linear memory, writable: an active-mode sync repairs blocks in place. Only
+    /// while the guest is still.
+    public func withMutableLinearMemory<T>(_ body: (UnsafeMutableRawBufferPointer) throws -> T) rethrows -> T {
+        precondition(isStill, "linear memory written while the guest runs")
+        return try memory.withUnsafeMutableBufferPointer(offset: 0, count: memory.byteCount, body)
+    }
+
+    /// Replaces globals and devices with `state`'s (its memory is not read), growing memory to
+    /// `memoryBytes` if it is smaller: a sync that found them diverged. Only while suspended.
+    public func adoptStateExceptMemory(_ state: MachineState, memoryBytes: Int) throws(MachineError) {
+        guard isSuspended else { throw .suspension("state can only be replaced while the guest is suspended") }
+        try adoptGlobals(state.globals, memoryBytes: memoryBytes)
+        host.descriptors = state.descriptors
+        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
     }
 
     /// The machine's complete state. Only while suspended: from `onSuspended`.
@@ -160,14 +180,25 @@ public final class Machine {
     }
 
     private func restore(_ state: MachineState) throws(MachineError) {
+        try adoptGlobals(state.globals, memoryBytes: state.memory.count)
+        state.memory.withUnsafeBytes { saved in
+            memory.withUnsafeMutableBufferPointer(offset: 0, count: saved.count) { $0.copyMemory(from: saved) }
+        }
+        host.descriptors = state.descriptors
+        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
+        resumesSuspendedGuest = true
+    }
+
+    /// Grows memory to `memoryBytes` and sets every global to its saved value.
+    private func adoptGlobals(_ globals: [MachineState.GlobalState], memoryBytes: Int) throws(MachineError) {
         let pageSize = 65_536
-        guard state.memory.count % pageSize == 0, state.memory.count >= memory.byteCount else {
-            throw .instantiation("the saved memory (\(state.memory.count) bytes) does not fit this module")
+        guard memoryBytes % pageSize == 0, memoryBytes >= memory.byteCount else {
+            throw .instantiation("the saved memory (\(memoryBytes) bytes) does not fit this machine's \(memory.byteCount)")
         }
         do {
-            let missingPages = (state.memory.count - memory.byteCount) / pageSize
+            let missingPages = (memoryBytes - memory.byteCount) / pageSize
             if missingPages > 0 { _ = try MemoryGrower.grow(memory, by: UInt32(missingPages), store: store) }
-            for global in state.globals {
+            for global in globals {
                 guard case .global(let target) = instance.exports[global.name] else {
                     throw MachineError.instantiation("the saved global \(global.name) is not in this module")
                 }
@@ -178,12 +209,6 @@ public final class Machine {
         } catch {
             throw .instantiation("cannot restore the saved state: \(error)")
         }
-        state.memory.withUnsafeBytes { saved in
-            memory.withUnsafeMutableBufferPointer(offset: 0, count: saved.count) { $0.copyMemory(from: saved) }
-        }
-        host.descriptors = state.descriptors
-        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
-        resumesSuspendedGuest = true
     }
 }
 

@@ -5,7 +5,7 @@ import UnderstudyCore
 /// before the receiver waits for bytes that will never come. Sequence numbers count the frames
 /// one side has sent, from 0, so a lost, repeated or reordered frame is caught where it arrives.
 public enum WireCodec {
-    public static let protocolVersion: UInt16 = 2
+    public static let protocolVersion: UInt16 = 3
     static let headerBytes = 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
@@ -39,6 +39,14 @@ public enum WireCodec {
         let payloadCRC = tail.withUnsafeBytes { CRC32C.checksum($0, continuing: smallCRC) }
         head.raw(small.bytes)
         return Frame(head: head.bytes, tail: tail, payloadCRC: payloadCRC)
+    }
+
+    /// How many payload bytes `message` puts on the wire (the replicated-bytes metrics): its frame
+    /// less the fixed 21 bytes of header and trailer.
+    public static func payloadBytes(_ message: WireMessage) -> Int {
+        var small = ByteWriter()
+        let (_, tail) = encodePayload(message, into: &small)
+        return small.bytes.count + tail.count
     }
 
     /// Writes the payload's small fields into `w`; returns the frame type and the large tail.
@@ -76,6 +84,28 @@ public enum WireCodec {
             return (8, [])
         case .heartbeat:
             return (9, [])
+        case .syncPoint(let point):
+            w.u64(point.sync)
+            w.u64(point.position)
+            w.u32(point.dirtyPages)
+            w.u64(point.digest)
+            w.u16(point.blockSize)
+            w.u8(point.wholeState == nil ? 0 : 1)
+            w.u64(point.wholeState ?? 0)
+            return (11, [])
+        case .syncMatched(let sync):
+            w.u64(sync)
+            return (12, [])
+        case .syncDiffers(let sync, let blockSize, let stateDigest, let hashes):
+            w.u64(sync)
+            w.u16(blockSize)
+            w.u64(stateDigest)
+            return (13, hashes)
+        case .syncRepair(let sync, let repair):
+            w.u64(sync)
+            w.u8(repair.encoding.rawValue)
+            w.u32(repair.size)
+            return (14, repair.bytes)
         }
     }
 
@@ -107,6 +137,24 @@ public enum WireCodec {
             case 7: message = .checkpointApplied(epoch: try r.u64())
             case 8: message = .logHeld(position: try r.u64())
             case 9: message = .heartbeat
+            case 11:
+                let (sync, position, pages, digest) = (try r.u64(), try r.u64(), try r.u32(), try r.u64())
+                let blockSize = try r.u16()
+                guard SyncBlockSize.allowed.contains(Int(blockSize)) else { throw WireError.malformed("a sync point's block size is \(blockSize)") }
+                let verifies = try r.u8()
+                let whole = try r.u64()
+                guard verifies <= 1 else { throw WireError.malformed("a sync point's verification flag is \(verifies)") }
+                message = .syncPoint(
+                    SyncPoint(sync: sync, position: position, dirtyPages: pages, digest: digest, blockSize: blockSize, wholeState: verifies == 1 ? whole : nil))
+            case 12: message = .syncMatched(sync: try r.u64())
+            case 13:
+                let (sync, blockSize, stateDigest) = (try r.u64(), try r.u16(), try r.u64())
+                message = .syncDiffers(sync: sync, blockSize: blockSize, stateDigest: stateDigest, hashes: Array(try r.raw(payload.count - 18)))
+            case 14:
+                let sync = try r.u64()
+                guard let encoding = BlockEncoding(rawValue: try r.u8()) else { throw WireError.malformed("unknown block encoding") }
+                let size = try r.u32()
+                message = .syncRepair(sync: sync, repair: PackedBytes(encoding: encoding, size: size, bytes: Array(try r.raw(payload.count - 13))))
             default: throw WireError.unknownType(type)
             }
         } catch let error as WireError {
@@ -120,7 +168,7 @@ public enum WireCodec {
 
     private static let typeNames = [
         "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
-        "compressed checkpoint",
+        "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair",
     ]
 
     private static func name(of type: UInt8) -> String {

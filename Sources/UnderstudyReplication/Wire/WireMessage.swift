@@ -25,6 +25,15 @@ public enum WireMessage: Equatable, Sendable {
     case logHeld(position: UInt64)
     /// Either side, when it has had nothing else to say for an interval.
     case heartbeat
+    /// Primary → backup (`active`): both machines stop here and compare.
+    case syncPoint(SyncPoint)
+    /// Backup → primary: its digest equals the sync's; nothing to repair.
+    case syncMatched(sync: UInt64)
+    /// Backup → primary: its digest differs. `hashes` are `PageBlockHashes` of every page it
+    /// wrote since the previous sync; `stateDigest` hashes its globals and devices.
+    case syncDiffers(sync: UInt64, blockSize: UInt16, stateDigest: UInt64, hashes: [UInt8])
+    /// Primary → backup: a `SyncRepair`, packed as `PackedBytes`.
+    case syncRepair(sync: UInt64, repair: PackedBytes)
 
     public struct Hello: Equatable, Sendable {
         public var protocolVersion: UInt16
@@ -52,19 +61,19 @@ public enum WireMessage: Equatable, Sendable {
         case .checkpointApplied: return "checkpoint applied"
         case .logHeld: return "log held"
         case .heartbeat: return "heartbeat"
+        case .syncPoint: return "sync point"
+        case .syncMatched: return "sync matched"
+        case .syncDiffers: return "sync differs"
+        case .syncRepair: return "sync repair"
         }
     }
 
     /// A checkpoint as it best travels: compressed when that makes it smaller (issue 5: memory
     /// pages are mostly zeros and repeats), as it is otherwise.
     public static func packing(epoch: UInt64, checkpoint bytes: [UInt8]) -> WireMessage {
-        guard bytes.count >= 256, bytes.count <= Int(UInt32.max) else { return .checkpoint(epoch: epoch, bytes: bytes) }
-        let lz4 = bytes.withUnsafeBytes { BlockCodec.lz4Compress($0) }
-        let zstd = bytes.withUnsafeBytes { BlockCodec.zstdCompress($0) }
-        let best = [(BlockEncoding.lz4, lz4), (.zstd, zstd)].compactMap { encoding, packed in packed.map { (encoding, $0) } }
-            .min { $0.1.count < $1.1.count }
-        guard let (encoding, packed) = best, packed.count < bytes.count else { return .checkpoint(epoch: epoch, bytes: bytes) }
-        return .compressedCheckpoint(epoch: epoch, encoding: encoding, size: UInt32(bytes.count), bytes: packed)
+        let packed = PackedBytes(packing: bytes)
+        guard packed.encoding != .raw else { return .checkpoint(epoch: epoch, bytes: bytes) }
+        return .compressedCheckpoint(epoch: epoch, encoding: packed.encoding, size: packed.size, bytes: packed.bytes)
     }
 
     /// The checkpoint this message carries, expanded; nil for other messages.
@@ -73,8 +82,51 @@ public enum WireMessage: Equatable, Sendable {
         case .checkpoint(let epoch, let bytes): return (epoch, bytes)
         case .compressedCheckpoint(let epoch, let encoding, let size, let bytes):
             guard encoding == .lz4 || encoding == .zstd else { throw .corrupt("a checkpoint compressed as \(encoding)") }
-            return (epoch, try BlockCodec.decode(encoding, bytes, count: Int(size)))
+            return (epoch, try PackedBytes(encoding: encoding, size: size, bytes: bytes).unpacked())
         default: return nil
+        }
+    }
+}
+
+/// Bytes as they best travel: compressed with lz4 or zstd when that makes them smaller (issue 5:
+/// memory is mostly zeros and repeats), as they are otherwise.
+public struct PackedBytes: Equatable, Sendable {
+    /// `.raw`, `.lz4` or `.zstd`.
+    public var encoding: BlockEncoding
+    /// The unpacked size.
+    public var size: UInt32
+    public var bytes: [UInt8]
+
+    public init(encoding: BlockEncoding, size: UInt32, bytes: [UInt8]) {
+        self.encoding = encoding
+        self.size = size
+        self.bytes = bytes
+    }
+
+    public init(packing bytes: [UInt8]) {
+        let unpacked = PackedBytes(encoding: .raw, size: UInt32(clamping: bytes.count), bytes: bytes)
+        guard bytes.count >= 256, bytes.count <= Int(UInt32.max) else {
+            self = unpacked
+            return
+        }
+        let lz4 = bytes.withUnsafeBytes { BlockCodec.lz4Compress($0) }
+        let zstd = bytes.withUnsafeBytes { BlockCodec.zstdCompress($0) }
+        let best = [(BlockEncoding.lz4, lz4), (.zstd, zstd)].compactMap { encoding, packed in packed.map { (encoding, $0) } }
+            .min { $0.1.count < $1.1.count }
+        guard let (encoding, packed) = best, packed.count < bytes.count else {
+            self = unpacked
+            return
+        }
+        self.init(encoding: encoding, size: UInt32(bytes.count), bytes: packed)
+    }
+
+    public func unpacked() throws(BlockEncodingError) -> [UInt8] {
+        switch encoding {
+        case .raw:
+            guard bytes.count == Int(size) else { throw .sizeMismatch(expected: Int(size), found: bytes.count) }
+            return bytes
+        case .lz4, .zstd: return try BlockCodec.decode(encoding, bytes, count: Int(size))
+        default: throw .corrupt("bytes packed as \(encoding)")
         }
     }
 }
