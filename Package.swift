@@ -106,7 +106,10 @@ let package = Package(
         ),
         .testTarget(
             name: "UnderstudyProtectionTests",
-            dependencies: ["UnderstudyProtection", "UnderstudyReplication", "UnderstudyEventLog", "UnderstudyCore"]
+            dependencies: [
+                "UnderstudyProtection", "UnderstudyReplication", "UnderstudyEventLog", "UnderstudyCheckpoint", "UnderstudyMachine",
+                "UnderstudyCore",
+            ]
         ),
         // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).
         .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore", "UnderstudyReplication"]),

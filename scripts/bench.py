@@ -2,7 +2,8 @@
 """`make bench`: the unprotected machine against the same C built natively, what recording
 (event log + checkpoints) costs, how fast a recording replays, the checkpoint pause, tracker
 scan cost and restore time over memory sizes and dirty-page counts (understudy-bench), and the
-protection modes side by side with failover downtime (bench_protection.py).
+protection modes side by side with failover downtime (bench_protection.py), and what each mode
+sends to keep its backup current, with a block-size sweep (bench_sync.py).
 
 Runs every measurement side by side in one run, repeats each, and writes BENCHMARKS.md with
 min / median / max and the ratios. Usage: scripts/bench.py BIN [--quick]
@@ -21,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_protection  # noqa: E402
+import bench_sync  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "guests", "build")
@@ -210,6 +212,8 @@ def main():
 
     protection_rows = bench_protection.measure(bin_path, quick, progress, redis_benchmark)
     protection_lines = bench_protection.report(protection_rows, quick, f"{kv_requests} requests per test")
+    sync_rows, sweep_rows = bench_sync.measure(bin_path, quick, progress)
+    protection_lines += bench_sync.report(sync_rows, sweep_rows, quick)
 
     write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
                  protection_lines)

@@ -77,6 +77,15 @@ final class BackupReplica: @unchecked Sendable {
             let end = log!.end
             if let follower { handOver(to: follower) }
             return .logHeld(position: end)
+        case .blockCheckpoint(let epoch, let packed):
+            let patch: BlockPatch
+            do {
+                patch = try BlockPatch.decode(try packed.unpacked())
+            } catch {
+                throw Refusal("checkpoint \(epoch) refused: \(error)")
+            }
+            try apply(patch, epoch: epoch)
+            return .checkpointApplied(epoch: epoch)
         case .syncPoint(let point):
             guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync point outside a followed active log") }
             follower.log.mark(point)
@@ -84,7 +93,7 @@ final class BackupReplica: @unchecked Sendable {
         case .syncRepair(let sync, let packed):
             guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync repair outside a followed active log") }
             do {
-                follower.log.deliver(try SyncRepair.decode(try packed.unpacked()), for: sync)
+                follower.log.deliver(try BlockPatch.decode(try packed.unpacked()), for: sync)
             } catch {
                 throw Refusal("sync \(sync)'s repair refused: \(error)")
             }
@@ -137,6 +146,47 @@ final class BackupReplica: @unchecked Sendable {
         }
         self.prepared = prepared
         self.manifest = manifest
+    }
+
+    /// A checkpoint after the seed, as the blocks that changed XORed with the state held here.
+    private func apply(_ patch: BlockPatch, epoch: UInt64) throws(Refusal) {
+        guard mode != .active else { throw Refusal("a block checkpoint in active mode") }
+        guard state != nil, self.epoch >= 1 else { throw Refusal("checkpoint \(epoch) arrived before the seed") }
+        guard epoch == self.epoch + 1 else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
+        let bare: Checkpoint
+        do {
+            bare = try CheckpointCodec.decode(patch.state)
+        } catch {
+            throw Refusal("checkpoint \(epoch) refused: \(error)")
+        }
+        guard bare.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
+        guard bare.kind == .delta, bare.pages.isEmpty, bare.zeroPages.isEmpty else { throw Refusal("checkpoint \(epoch) carries pages outside its blocks") }
+        if let outside = patch.blocks.first(where: { (Int($0.index) + 1) * patch.blockSize > Int(bare.memoryBytes) }) {
+            throw Refusal("checkpoint \(epoch) has a block at byte \(Int(outside.index) * patch.blockSize), outside its \(bare.memoryBytes) bytes of memory")
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        var log = self.log
+        if mode == .llm {
+            do {
+                try log!.checkpointApplied(at: bare.logPosition)
+            } catch {
+                throw Refusal("\(error)")
+            }
+        }
+        do {
+            try bare.apply(onto: &state)  // globals, devices, memory growth; checked before it writes
+        } catch {
+            throw Refusal("checkpoint \(epoch) does not apply: \(error)")
+        }
+        state!.memory.withUnsafeMutableBytes { memory in
+            for block in patch.blocks {
+                let start = Int(block.index) * patch.blockSize
+                for (offset, byte) in block.bytes.enumerated() { memory[start + offset] ^= byte }
+            }
+        }
+        self.log = log
+        self.epoch = epoch
     }
 
     private func apply(checkpoint bytes: [UInt8], epoch: UInt64) throws(Refusal) {

@@ -70,8 +70,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private let logger: Logger
     private let capture: CheckpointCapture
     private let sender = DispatchQueue(label: "understudy.checkpoint-sender")
-    /// `active`: the state the backup holds, for repairs; used on `sender` only.
-    private let repairer: SyncRepairer?
+    /// The state the backup holds: checkpoints travel as blocks that differ from it, repairs are
+    /// taken from it. Used on `sender` only.
+    private let backupCopy: BackupCopy
     private let metrics: ReplicationMetrics
     /// The log position the stream has reached (llm), for the lag metric; guarded by `lock`.
     private var logSent: UInt64 = 0
@@ -121,7 +122,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         capture = CheckpointCapture(moduleHash: prepared.hash)
         holding = OutputHoldingWorld(holding: live)
         live.outputWakeDescriptor = holding.wakeDescriptor
-        repairer = options.mode == .active ? SyncRepairer(blockSize: options.blockSize) : nil
+        backupCopy = BackupCopy(blockSize: options.blockSize)
         if options.mode == .llm || options.mode == .active {
             let stream = LogStream()
             let recording = RecordingWorld(recording: holding, to: stream, batchBytes: 256 << 10)
@@ -268,12 +269,12 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
     /// The event loop: the backup answered sync `sync`; `handle` runs on the sender queue, where
     /// the repairer lives, and the next sync may be taken once it has.
-    private func answered(sync: UInt64, on channel: Channel, _ handle: @escaping @Sendable (SyncRepairer) throws -> Void) throws {
-        guard let repairer else { throw ProtocolViolation("a sync answer in \(options.mode) mode") }
+    private func answered(sync: UInt64, on channel: Channel, _ handle: @escaping @Sendable (BackupCopy) throws -> Void) throws {
+        guard options.mode == .active else { throw ProtocolViolation("a sync answer in \(options.mode) mode") }
         sender.async { [weak self] in
             guard let self, self.lock.withLock({ self.active === channel }) else { return }
             do {
-                try handle(repairer)
+                try handle(self.backupCopy)
             } catch {
                 self.refuse(channel, because: "\(error)")
             }
@@ -362,7 +363,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             state.memory = copy
             let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
             let message = WireMessage.packing(epoch: 0, checkpoint: bytes)
-            self?.repairer?.startOver(from: state)
+            self?.backupCopy.startOver(from: state)
             metrics.bytesSent.increment(by: Int64(message.checkpointWireBytes))
             metrics.stateBytesSent.increment(by: Int64(message.checkpointWireBytes))
             channel.writeAndFlush(message, promise: nil)
@@ -389,18 +390,14 @@ public final class PrimaryReplicator: @unchecked Sendable {
         let captured = try capture.capture(machine, logPosition: position)
         let bytes = CheckpointCodec.encode(captured.checkpoint!)
         let pages = captured.pageCount
-        if let repairer {
-            // The backup's copy starts here; the sender queue keeps it from now on.
-            sender.async { [logger] in
-                do {
-                    if captured.checkpoint!.kind == .full { repairer.startOver() }
-                    try repairer.advance(by: captured.checkpoint!)
-                } catch {
-                    logger.error("the seed does not apply to the primary's copy of the backup", metadata: ["reason": "\(error)"])
-                }
-                captured.recycle()
+        // The backup's copy is complete with this; the sender queue keeps it from now on.
+        sender.async { [logger, backupCopy] in
+            do {
+                if captured.checkpoint!.kind == .full { backupCopy.startOver() }
+                try backupCopy.advance(by: captured.checkpoint!)
+            } catch {
+                logger.error("the seed does not apply to the primary's copy of the backup", metadata: ["reason": "\(error)"])
             }
-        } else {
             captured.recycle()
         }
         epoch = 1
@@ -436,13 +433,19 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
-        let (bytesSent, stateBytesSent) = (metrics.bytesSent, metrics.stateBytesSent)
-        sender.async {
-            let bytes = CheckpointCodec.encode(captured.checkpoint!)
-            captured.recycle()
-            let message = WireMessage.packing(epoch: sent, checkpoint: bytes)
-            bytesSent.increment(by: Int64(message.checkpointWireBytes))
-            stateBytesSent.increment(by: Int64(message.checkpointWireBytes))
+        let (bytesSent, stateBytesSent, backupCopy) = (metrics.bytesSent, metrics.stateBytesSent, backupCopy)
+        sender.async { [weak self] in
+            defer { captured.recycle() }
+            let message: WireMessage
+            do {
+                message = .blockCheckpoint(epoch: sent, patch: PackedBytes(packing: try backupCopy.patch(for: captured).encoded()))
+            } catch {
+                self?.refuse(channel, because: "\(error)")  // not reachable: a seed always comes first
+                return
+            }
+            let bytes = Int64(WireCodec.payloadBytes(message))
+            bytesSent.increment(by: bytes)
+            stateBytesSent.increment(by: bytes)
             channel.writeAndFlush(message, promise: nil)
         }
     }
@@ -451,7 +454,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// ahead of every log entry after it (`FollowedLog` relies on that order). One at a time: a
     /// suspension while one is unanswered is not a sync, and the backup moves past it.
     private func sync(_ machine: Machine, with channel: Channel) throws {
-        guard let recording, let repairer, lock.withLock({ unappliedCheckpoints == 0 }) else { return }
+        guard let recording, lock.withLock({ unappliedCheckpoints == 0 }) else { return }
         try recording.flush()
         let began = ContinuousClock.now
         let position = recording.position
@@ -478,7 +481,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.syncs.increment()
         metrics.pages.record(dirty.count)
         // Queued before the message goes out: the answer's handling queues behind it.
-        sender.async { repairer.pend(sync: sync, captured: captured, stateBytes: stateBytes) }
+        sender.async { [backupCopy] in backupCopy.pend(sync: sync, captured: captured, stateBytes: stateBytes) }
         channel.writeAndFlush(message, promise: nil)
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
     }

@@ -19,7 +19,9 @@ struct PrimaryCommand: ParsableCommand {
             acknowledged what it takes to reproduce it (remus: the epoch's checkpoint; llm and \
             active: the log up to the output). In active mode the backup runs the machine too, \
             following the log; every --sync-every both stop at the same log position and compare \
-            digests of the pages they wrote, and only blocks that differ are sent. If the backup is lost the primary releases what it held, goes \
+            digests of the pages they wrote, and only blocks that differ are sent. The primary \
+            keeps a copy of the memory the backup holds, so that memory travels as the \
+            --block-size blocks that changed. If the backup is lost the primary releases what it held, goes \
             on unprotected, and seeds the backup again when it can reach it.
             """
     )
@@ -45,7 +47,7 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "active: how often both machines stop at one log position and compare (default 100ms).")
     var syncEvery: DurationArgument?
 
-    @Option(name: .long, help: "active: the block size, in bytes, that a sync which finds differences compares and repairs in: 64, 128, 256 … 4096 (default 64).")
+    @Option(name: .long, help: "Memory travels in blocks of this many bytes: remus and llm checkpoints send the blocks that changed (XORed with the backup's copy), an active sync that finds differences compares and repairs blocks. 64, 128, 256 … 4096 (default 64).")
     var blockSize: Int?
 
     @Flag(name: .long, help: "active: check at every sync that the backup's whole state equals the primary's (a pass over memory on each side; for tests and diagnosis).")
@@ -66,8 +68,8 @@ struct PrimaryCommand: ParsableCommand {
         guard mode != .none else { throw ValidationError("--mode must be remus, llm or active (`understudy run` serves unprotected)") }
         if epoch != nil && mode != .remus { throw ValidationError("--epoch applies to --mode remus") }
         if checkpointInterval != nil && mode != .llm { throw ValidationError("--checkpoint-interval applies to --mode llm") }
-        if (syncEvery != nil || blockSize != nil || verifySyncs) && mode != .active {
-            throw ValidationError("--sync-every, --block-size and --verify-syncs apply to --mode active")
+        if (syncEvery != nil || verifySyncs) && mode != .active {
+            throw ValidationError("--sync-every and --verify-syncs apply to --mode active")
         }
         if let blockSize, !SyncBlockSize.allowed.contains(blockSize) {
             throw ValidationError("--block-size must be one of \(SyncBlockSize.allowed.map(String.init).joined(separator: ", ")), not \(blockSize)")

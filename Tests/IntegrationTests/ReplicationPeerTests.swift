@@ -97,7 +97,7 @@ final class ReplicationPeerTests: XCTestCase {
         let realHash = try XCTUnwrap(
             moduleReason.split(whereSeparator: { $0 == " " || $0 == "," }).first { $0.count == 64 && $0 != String(repeating: "a", count: 64) },
             moduleReason)
-        try backup.waitFor("refusing the primary's message")
+        try backup.waitFor("refusing the primary's session")
 
         // The right module, then a checkpoint cut short (a real one, recorded by `run --record`).
         let checkpoint = try recordedCheckpoint()

@@ -52,7 +52,7 @@ final class FollowedLogTests: XCTestCase {
 
     func testRepairsArriveAndEndingTheLogReleasesEveryWait() {
         let log = FollowedLog(startingAt: 0)
-        let repair = SyncRepair(blockSize: 64, blocks: [.init(index: 3, bytes: Array(repeating: 7, count: 64))], state: [])
+        let repair = BlockPatch(blockSize: 64, blocks: [.init(index: 3, bytes: Array(repeating: 7, count: 64))], state: [])
         log.deliver(repair, for: 9)
         XCTAssertEqual(log.repair(for: 9), repair)
         let released = expectation(description: "waits end with the log")

@@ -59,18 +59,18 @@ final class WireCodecTests: XCTestCase {
             XCTAssertThrowsError(try PageBlockHashes.decode(PageBlockHashes.encode(pages.reversed()), blockSize: blockSize), "pages out of order")
 
             let blocks = (0..<4).map { index in
-                SyncRepair.Block(index: UInt32(index * 7), bytes: (0..<blockSize).map { _ in UInt8.random(in: 0...255, using: &random) })
+                BlockPatch.Block(index: UInt32(index * 7), bytes: (0..<blockSize).map { _ in UInt8.random(in: 0...255, using: &random) })
             }
-            let repair = SyncRepair(blockSize: blockSize, blocks: blocks, state: [1, 2, 3])
+            let repair = BlockPatch(blockSize: blockSize, blocks: blocks, state: [1, 2, 3])
             let bytes = repair.encoded()
-            XCTAssertEqual(try SyncRepair.decode(bytes), repair)
-            XCTAssertEqual(try SyncRepair.decode(try PackedBytes(packing: bytes).unpacked()), repair)
+            XCTAssertEqual(try BlockPatch.decode(bytes), repair)
+            XCTAssertEqual(try BlockPatch.decode(try PackedBytes(packing: bytes).unpacked()), repair)
             // Cut inside the blocks: the state would swallow them, so the count must not fit.
-            XCTAssertThrowsError(try SyncRepair.decode(Array(bytes.prefix(6 + (4 + blockSize) * 2))))
+            XCTAssertThrowsError(try BlockPatch.decode(Array(bytes.prefix(6 + (4 + blockSize) * 2))))
         }
-        var lying = SyncRepair(blockSize: 64, blocks: [], state: []).encoded()
+        var lying = BlockPatch(blockSize: 64, blocks: [], state: []).encoded()
         lying[2] = 0xff  // claims 255 blocks in 6 bytes
-        XCTAssertThrowsError(try SyncRepair.decode(lying))
+        XCTAssertThrowsError(try BlockPatch.decode(lying))
         XCTAssertThrowsError(try PackedBytes(encoding: .raw, size: 10, bytes: [1]).unpacked())
         // A sync point with a block size no sync uses is refused at the frame.
         var encoder = WireEncoder()

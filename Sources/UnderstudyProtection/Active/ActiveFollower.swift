@@ -153,7 +153,7 @@ final class ActiveFollower: @unchecked Sendable {
         return StateSync.stateBytes(of: bare)
     }
 
-    private func apply(_ repair: SyncRepair, to machine: Machine, sync point: SyncPoint, writtenPages: Int) throws {
+    private func apply(_ repair: BlockPatch, to machine: Machine, sync point: SyncPoint, writtenPages: Int) throws {
         if !repair.state.isEmpty {
             let state = try CheckpointCodec.decode(repair.state)
             let rest = MachineState(memory: [], globals: state.globals, descriptors: state.descriptors, unwindDataAddress: state.unwindDataAddress)

@@ -16,7 +16,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     private var base: Int
     private var entries: [EventLogEntry] = []
     private var syncs: [UInt64: SyncPoint] = [:]
-    private var repairs: [UInt64: SyncRepair] = [:]
+    private var repairs: [UInt64: BlockPatch] = [:]
     private var ended = false
     private(set) var abandoned = false
     /// The highest connection any entry so far accepted: a takeover numbers new ones above it.
@@ -51,7 +51,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
         }
     }
 
-    func deliver(_ repair: SyncRepair, for sync: UInt64) {
+    func deliver(_ repair: BlockPatch, for sync: UInt64) {
         condition.withLock {
             repairs[sync] = repair
             condition.broadcast()
@@ -95,7 +95,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     }
 
     /// The repair for `sync`, waiting for it; nil if the log ends first.
-    func repair(for sync: UInt64) -> SyncRepair? {
+    func repair(for sync: UInt64) -> BlockPatch? {
         condition.withLock {
             while repairs[sync] == nil && !ended { condition.wait() }
             return repairs.removeValue(forKey: sync)

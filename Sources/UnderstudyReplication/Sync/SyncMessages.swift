@@ -5,7 +5,7 @@ import UnderstudyCore
 /// and its globals and devices hash to `digest`. The backup computes the same over its own
 /// written pages: equal digests (the deterministic case) end the sync in one small message each
 /// way; otherwise the backup sends block hashes of its written pages and the primary sends the
-/// blocks that differ (`SyncRepair`).
+/// blocks that differ (`BlockPatch`).
 public struct SyncPoint: Equatable, Sendable {
     public var sync: UInt64
     public var position: UInt64
@@ -90,10 +90,11 @@ extension PageBlockHashes {
     }
 }
 
-/// What the primary sends when a sync found differences: the differing blocks as they are at the
-/// sync's position, and the globals and devices if those differed too (opaque here: a
-/// checkpoint with no pages, `state`, empty when they agreed).
-public struct SyncRepair: Equatable, Sendable {
+/// Blocks of memory and the rest of the machine state (opaque here: a checkpoint with no pages,
+/// `state`). Two uses: an `active` sync's repair (the differing blocks as they are at the sync's
+/// position; `state` empty when globals and devices agreed), and a `remus` or `llm` checkpoint
+/// after the seed (the blocks that changed, XORed with the backup's copy).
+public struct BlockPatch: Equatable, Sendable {
     public struct Block: Equatable, Sendable {
         /// The block's number in memory: its byte offset is `index × blockSize`.
         public var index: UInt32
@@ -129,7 +130,7 @@ public struct SyncRepair: Equatable, Sendable {
         return w.bytes
     }
 
-    public static func decode(_ bytes: [UInt8]) throws(SyncCodingError) -> SyncRepair {
+    public static func decode(_ bytes: [UInt8]) throws(SyncCodingError) -> BlockPatch {
         var r = ByteReader(bytes[...])
         do {
             let blockSize = Int(try r.u16())
@@ -143,7 +144,7 @@ public struct SyncRepair: Equatable, Sendable {
                 blocks.append(Block(index: index, bytes: Array(try r.raw(blockSize))))
             }
             let state = Array(try r.raw(bytes.count - (r.offset - bytes.startIndex)))
-            return SyncRepair(blockSize: blockSize, blocks: blocks, state: state)
+            return BlockPatch(blockSize: blockSize, blocks: blocks, state: state)
         } catch let error as SyncCodingError {
             throw error
         } catch {

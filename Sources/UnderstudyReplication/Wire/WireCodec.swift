@@ -106,6 +106,11 @@ public enum WireCodec {
             w.u8(repair.encoding.rawValue)
             w.u32(repair.size)
             return (14, repair.bytes)
+        case .blockCheckpoint(let epoch, let patch):
+            w.u64(epoch)
+            w.u8(patch.encoding.rawValue)
+            w.u32(patch.size)
+            return (15, patch.bytes)
         }
     }
 
@@ -150,11 +155,11 @@ public enum WireCodec {
             case 13:
                 let (sync, blockSize, stateDigest) = (try r.u64(), try r.u16(), try r.u64())
                 message = .syncDiffers(sync: sync, blockSize: blockSize, stateDigest: stateDigest, hashes: Array(try r.raw(payload.count - 18)))
-            case 14:
-                let sync = try r.u64()
+            case 14, 15:
+                let number = try r.u64()
                 guard let encoding = BlockEncoding(rawValue: try r.u8()) else { throw WireError.malformed("unknown block encoding") }
-                let size = try r.u32()
-                message = .syncRepair(sync: sync, repair: PackedBytes(encoding: encoding, size: size, bytes: Array(try r.raw(payload.count - 13))))
+                let packed = PackedBytes(encoding: encoding, size: try r.u32(), bytes: Array(try r.raw(payload.count - 13)))
+                message = type == 14 ? .syncRepair(sync: number, repair: packed) : .blockCheckpoint(epoch: number, patch: packed)
             default: throw WireError.unknownType(type)
             }
         } catch let error as WireError {
@@ -168,7 +173,7 @@ public enum WireCodec {
 
     private static let typeNames = [
         "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
-        "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair",
+        "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair", "block checkpoint",
     ]
 
     private static func name(of type: UInt8) -> String {

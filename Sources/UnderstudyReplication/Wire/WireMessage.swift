@@ -25,6 +25,9 @@ public enum WireMessage: Equatable, Sendable {
     case logHeld(position: UInt64)
     /// Either side, when it has had nothing else to say for an interval.
     case heartbeat
+    /// Primary → backup (`remus`, `llm`): checkpoint `epoch` as a `BlockPatch` of XORed blocks,
+    /// packed as `PackedBytes`.
+    case blockCheckpoint(epoch: UInt64, patch: PackedBytes)
     /// Primary → backup (`active`): both machines stop here and compare.
     case syncPoint(SyncPoint)
     /// Backup → primary: its digest equals the sync's; nothing to repair.
@@ -32,7 +35,7 @@ public enum WireMessage: Equatable, Sendable {
     /// Backup → primary: its digest differs. `hashes` are `PageBlockHashes` of every page it
     /// wrote since the previous sync; `stateDigest` hashes its globals and devices.
     case syncDiffers(sync: UInt64, blockSize: UInt16, stateDigest: UInt64, hashes: [UInt8])
-    /// Primary → backup: a `SyncRepair`, packed as `PackedBytes`.
+    /// Primary → backup: a `BlockPatch`, packed as `PackedBytes`.
     case syncRepair(sync: UInt64, repair: PackedBytes)
 
     public struct Hello: Equatable, Sendable {
@@ -61,6 +64,7 @@ public enum WireMessage: Equatable, Sendable {
         case .checkpointApplied: return "checkpoint applied"
         case .logHeld: return "log held"
         case .heartbeat: return "heartbeat"
+        case .blockCheckpoint: return "block checkpoint"
         case .syncPoint: return "sync point"
         case .syncMatched: return "sync matched"
         case .syncDiffers: return "sync differs"
