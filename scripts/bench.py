@@ -21,7 +21,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_figures  # noqa: E402
 import bench_protection  # noqa: E402
+import bench_redis  # noqa: E402
 import bench_sync  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,13 +212,20 @@ def main():
                          stdout=subprocess.PIPE, text=True, check=True).stdout
     checkpoint_rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    protection_rows = bench_protection.measure(bin_path, quick, progress, redis_benchmark)
+    protection_rows = bench_protection.measure(bin_path, quick, progress, redis_benchmark, wrk)
     protection_lines = bench_protection.report(protection_rows, quick, f"{kv_requests} requests per test")
     sync_rows, sweep_rows = bench_sync.measure(bin_path, quick, progress)
     protection_lines += bench_sync.report(sync_rows, sweep_rows, quick)
+    if bench_redis.available():
+        protection_lines += bench_redis.report(bench_redis.measure(bin_path, quick, progress, redis_benchmark), quick)
+    else:
+        protection_lines += ["", "## Against Redis with a replica", "", "Not measured: `redis-server` is not installed.", ""]
+    progress("plots: bench/results/*.svg")
+    protection_lines += bench_figures.draw(checkpoint_rows, protection_rows, sync_rows, sweep_rows, bench_sync.WORKLOADS)
+    headline = bench_figures.claims(protection_rows, sync_rows, bench_sync.WORKLOADS)
 
     write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
-                 protection_lines)
+                 protection_lines, headline)
 
 
 def replay_measurement(bin_path, recording, live_seconds):
@@ -238,7 +247,7 @@ def replay_measurement(bin_path, recording, live_seconds):
 
 
 def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
-                 protection_lines):
+                 protection_lines, headline):
     cores = os.cpu_count()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = [
@@ -251,7 +260,7 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
         "",
         "Client and server share the two cores, so absolute figures are low for everyone; the ratios "
         "are what to read.",
-        "",
+    ] + headline + [
         "## Key-value guest (`kv`) under redis-benchmark",
         "",
         f"`redis-benchmark -t set,get,incr -n {kv_requests} -c 50` and `-t get -P 16`. "

@@ -37,12 +37,12 @@ class Protected:
     """`understudy run` (mode none), or a backup and a primary in `mode`, serving `guest`."""
 
     def __init__(self, bin_path, guest, mode, guest_arguments=(), options=(), backup_options=()):
-        self.port, self.metrics = free_port(), free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.replication = free_port()
         self.logs = []
         self.backup = None
         module = os.path.join(GUESTS, guest + ".wasm")
-        listen = ["--listen", f"127.0.0.1:{self.port}", "--metrics", f"127.0.0.1:{self.metrics}"]
+        listen = ["--listen", f"127.0.0.1:{self.port}", "--metrics", f"127.0.0.1:{self.metrics_port}"]
         if mode == "none":
             self.primary = self._start([bin_path, "run", module, *listen, *options, "--", *guest_arguments])
         else:
@@ -73,14 +73,18 @@ class Protected:
         except OSError:
             return False
 
-    def metric(self, name):
-        """Sum of a Prometheus series (all label sets) from the primary's --metrics."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).read().decode()
-        total = 0.0
+    def metrics(self):
+        """Every series of the primary's --metrics from one scrape, summed over label sets."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        totals = {}
         for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            if line and not line.startswith("#"):
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return totals
+
+    def metric(self, name):
+        return self.metrics().get(name, 0.0)
 
     def stop(self):
         for process in (self.primary, self.backup):
@@ -98,12 +102,15 @@ def redis_ping(port, timeout=2.0):
         return s.recv(64).startswith(b"+PONG")
 
 
-def round_trips(port, payload, expect, count):
-    """Single-client request/reply latencies in ms (one connection, one request at a time)."""
+def round_trips(port, payload, expect, count, interval=0.0):
+    """Single-client request/reply latencies in ms (one connection, one request at a time); with
+    `interval`, one request every `interval` seconds (LLM's HighNet: a ping every 10 ms)."""
     samples = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        next_due = time.perf_counter()
         for _ in range(count):
+            next_due += interval
             started = time.perf_counter()
             s.sendall(payload)
             got = b""
@@ -113,6 +120,8 @@ def round_trips(port, payload, expect, count):
                     raise RuntimeError("the server closed the connection")
                 got += chunk
             samples.append((time.perf_counter() - started) * 1000)
+            if interval:
+                time.sleep(max(0.0, next_due - time.perf_counter()))
     return samples
 
 
@@ -121,12 +130,14 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def measure(bin_path, quick, progress, redis_benchmark):
+def measure(bin_path, quick, progress, redis_benchmark, wrk):
     rows = {}
     repeats = 2 if quick else 3
     requests = 5000 if quick else 20000
     trips = 300 if quick else 1000
     kills = 10 if quick else 20
+    pings = 100 if quick else 300
+    wrk_seconds = 2 if quick else 4
 
     def record(key, value):
         rows.setdefault(key, []).append(value)
@@ -149,10 +160,32 @@ def measure(bin_path, quick, progress, redis_benchmark):
                 record(("kv-rtt", mode, ""), round_trips(server.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", trips))
             finally:
                 server.stop()
-            progress(f"protection round {round_number}/{repeats}: echo {mode} single-client round trips ({trips})")
+            progress(f"protection round {round_number}/{repeats}: echo {mode} single-client round trips ({trips}), "
+                     f"then a ping every 10 ms ({pings})")
             server = Protected(bin_path, "echo", mode)
             try:
                 record(("echo-rtt", mode, ""), round_trips(server.port, b"ping\n", b"ping\n", trips))
+                record(("echo-highnet", mode, ""), round_trips(server.port, b"ping\n", b"ping\n", pings, interval=0.010))
+            finally:
+                server.stop()
+            progress(f"protection round {round_number}/{repeats}: http {mode} (wrk {wrk_seconds}s)")
+            server = Protected(bin_path, "http", mode)
+            try:
+                record(("http", mode, ""), wrk(server.port, wrk_seconds))
+            finally:
+                server.stop()
+            progress(f"protection round {round_number}/{repeats}: dirty 200 pages/s {mode} (HighSys)")
+            server = Protected(bin_path, "dirty", mode, guest_arguments=["200", "64"])
+            try:
+                time.sleep(0.3)
+                before = server.metrics()
+                time.sleep(2)
+                after = server.metrics()
+                count = after.get("understudy_suspension_pause_count", 0) - before.get("understudy_suspension_pause_count", 0)
+                if count:
+                    record(("highsys-pause-ms", mode, ""), (after["understudy_suspension_pause_sum"]
+                                                              - before["understudy_suspension_pause_sum"]) / count * 1000)
+                record(("highsys-status", mode, ""), round_trips(server.port, b"STATUS\n", b"\n", trips // 4))
             finally:
                 server.stop()
 
@@ -230,6 +263,30 @@ def report(rows, quick, requests_label):
         if (guest, "remus") in added and (guest, "llm") in added and added[(guest, "remus")][0] > 0:
             cut = 1 - added[(guest, "llm")][0] / added[(guest, "remus")][0]
             lines.append(f"- {guest}: llm adds {cut * 100:.1f}% less p50 latency than remus (goal ≥ 99%; LLM's paper: >90% less network delay).")
+    lines += ["", "### LLM's HighNet: a ping every 10 ms on `echo` (one connection; all samples of all rounds)", "",
+              "| mode | p50 ms | p99 ms | added p50 ms vs none | added p99 ms vs none |", "| --- | --- | --- | --- | --- |"]
+    highnet = {mode: [s for run in rows.get(("echo-highnet", mode, ""), []) for s in run] for mode in MODES}
+    for mode in MODES:
+        if highnet[mode] and highnet["none"]:
+            lines.append(f"| {mode} | {percentile(highnet[mode], 50):.3f} | {percentile(highnet[mode], 99):.3f} | "
+                         f"{percentile(highnet[mode], 50) - percentile(highnet['none'], 50):+.3f} | "
+                         f"{percentile(highnet[mode], 99) - percentile(highnet['none'], 99):+.3f} |")
+    lines += ["", "### HTTP guest under `wrk -t2 -c32 --latency` (GET /counter)", "",
+              "| mode | requests/s | of none | p50 ms | p99 ms |", "| --- | --- | --- | --- | --- |"]
+    for mode in MODES:
+        runs = rows.get(("http", mode, ""), [])
+        if runs and rows.get(("http", "none", "")):
+            base = statistics.median([r["rps"] for r in rows[("http", "none", "")]])
+            rps = [r["rps"] for r in runs]
+            lines.append(f"| {mode} | {spread(rps)} | {statistics.median(rps) / base:.3f} | "
+                         f"{statistics.median([r['p50'] for r in runs]):.2f} | {statistics.median([r['p99'] for r in runs]):.2f} |")
+    lines += ["", "### LLM's HighSys: `dirty` writing 200 pages/s of a 64 MiB working set", "",
+              "| mode | mean suspension pause (ms) | STATUS round trip p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    for mode in MODES:
+        status = [s for run in rows.get(("highsys-status", mode, ""), []) for s in run]
+        pause = rows.get(("highsys-pause-ms", mode, ""))
+        if status:
+            lines.append(f"| {mode} | {spread(pause) if pause else '—'} | {percentile(status, 50):.3f} | {percentile(status, 99):.3f} |")
     lines += ["", "### Replication traffic and checkpoint pause (kv under redis-benchmark)", "",
               "| mode | bytes replicated per second | mean suspension pause (ms) |", "| --- | --- | --- |"]
     for mode in PROTECTED:

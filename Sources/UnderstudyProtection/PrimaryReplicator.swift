@@ -238,6 +238,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     let bytes = Int64(WireCodec.payloadBytes(message))
                     metrics.bytesSent.increment(by: bytes)
                     metrics.stateBytesSent.increment(by: bytes)
+                    metrics.repairBytes.increment(by: bytes)
                     metrics.divergences.increment()
                     metrics.repairedBlocks.increment(by: Int64(repair.blocks.count))
                     channel.writeAndFlush(message, promise: nil)

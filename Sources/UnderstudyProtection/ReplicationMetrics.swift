@@ -18,6 +18,8 @@ struct ReplicationMetrics {
     /// Syncs whose digests differed, and the blocks they repaired.
     let divergences: Counter
     let repairedBlocks: Counter
+    /// What the repairs sent (primary).
+    let repairBytes: Counter
     /// `--verify-syncs`: whole states found equal after a sync, and not.
     let verified: Counter
     let verificationFailures: Counter
@@ -39,6 +41,7 @@ struct ReplicationMetrics {
         syncs = Counter(label: "understudy_syncs", dimensions: dimensions)
         divergences = Counter(label: "understudy_sync_divergences", dimensions: dimensions)
         repairedBlocks = Counter(label: "understudy_sync_repaired_blocks", dimensions: dimensions)
+        repairBytes = Counter(label: "understudy_sync_repair_bytes", dimensions: dimensions)
         verified = Counter(label: "understudy_sync_verified", dimensions: dimensions)
         verificationFailures = Counter(label: "understudy_sync_verification_failures", dimensions: dimensions)
         followLag = Gauge(label: "understudy_follow_lag_entries", dimensions: dimensions)

@@ -139,7 +139,16 @@ final class ActiveFollower: @unchecked Sendable {
         } else {
             let hashes = machine.withLinearMemory { StateSync.blockHashes(memory: $0, pages: written, blockSize: Int(point.blockSize)) }
             send(.syncDiffers(sync: point.sync, blockSize: point.blockSize, stateDigest: Hash64.of(stateBytes), hashes: PageBlockHashes.encode(hashes)))
-            guard let repair = log.repair(for: point.sync) else { return }  // promoted meanwhile: the log is all there is
+            guard let repair = log.repair(for: point.sync) else {
+                // The primary died between its answer and its repair: there is nothing to repair
+                // from, and serving is better than not. Said loudly.
+                if !log.abandoned {
+                    logger.error(
+                        "taking over with a state that differed from the primary's at a sync and was not repaired",
+                        metadata: ["sync": "\(point.sync)", "logPosition": "\(point.position)"])
+                }
+                return
+            }
             try apply(repair, to: machine, sync: point, writtenPages: written.count)
         }
         if let expected = point.wholeState { try verify(machine, against: point, expected: expected) }
