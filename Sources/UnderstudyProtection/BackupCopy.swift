@@ -66,8 +66,15 @@ final class BackupCopy: @unchecked Sendable {
     }
 
     /// The sync just sent; its pages stay until the backup answers.
-    func pend(sync: UInt64, captured: CapturedCheckpoint, stateBytes: [UInt8]) {
-        precondition(pending == nil, "a sync is sent only once the previous one is answered")
+    func pend(sync: UInt64, captured: CapturedCheckpoint, stateBytes: [UInt8]) throws {
+        // One in flight at a time (the primary paces them); a second means the pacing was
+        // broken, by a backup's misbehaviour or a bug, and this copy can no longer be trusted.
+        if let stale = pending {
+            stale.captured.recycle()
+            pending = nil
+            captured.recycle()
+            throw ProtocolViolation("sync \(sync) taken while sync \(stale.sync) was unanswered")
+        }
         pending = (sync, captured, stateBytes)
     }
 

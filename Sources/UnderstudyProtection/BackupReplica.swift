@@ -201,6 +201,8 @@ final class BackupReplica: @unchecked Sendable {
             throw Refusal("checkpoint \(epoch) refused: \(error)")
         }
         guard checkpoint.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
+        // Positions count entries: one this large is a lie, and would overflow the log's arithmetic.
+        guard checkpoint.logPosition <= UInt64(Int.max / 2) else { throw Refusal("checkpoint \(epoch) names log position \(checkpoint.logPosition)") }
         lock.lock()
         defer { lock.unlock() }
         guard (checkpoint.kind == .full) == (state == nil) else {

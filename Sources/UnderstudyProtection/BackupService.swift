@@ -179,7 +179,12 @@ public final class BackupService: @unchecked Sendable {
                 },
                 onDiverged: { [weak self] reason in self?.refuse(channel, because: "the backup's machine diverged: \(reason)") })
         }
-        follower?.start()
+        guard let follower else { return }
+        // The session may have ended, or been replaced, while the seed was applied: a follower
+        // nobody will promote or abandon must not be left waiting for a log that never comes.
+        let current = lock.withLock { session?.channel === channel && session?.ended == nil }
+        guard current else { return follower.abandon() }
+        follower.start()
     }
 
     /// Ends the session from this side; the primary seeds a new one.

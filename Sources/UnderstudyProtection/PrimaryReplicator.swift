@@ -277,9 +277,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
             do {
                 try handle(self.backupCopy)
             } catch {
-                self.refuse(channel, because: "\(error)")
+                // No next sync on this connection: it is refused, and a new seed starts over.
+                return self.refuse(channel, because: "\(error)")
             }
-            self.lock.withLock { self.unappliedCheckpoints = max(0, self.unappliedCheckpoints - 1) }
+            self.lock.withLock {
+                // Only while still this connection's: a stale answer must not pace another's syncs.
+                if self.active === channel { self.unappliedCheckpoints = max(0, self.unappliedCheckpoints - 1) }
+            }
         }
     }
 
@@ -392,14 +396,15 @@ public final class PrimaryReplicator: @unchecked Sendable {
         let bytes = CheckpointCodec.encode(captured.checkpoint!)
         let pages = captured.pageCount
         // The backup's copy is complete with this; the sender queue keeps it from now on.
-        sender.async { [logger, backupCopy] in
+        sender.async { [weak self, backupCopy] in
+            defer { captured.recycle() }
             do {
                 if captured.checkpoint!.kind == .full { backupCopy.startOver() }
                 try backupCopy.advance(by: captured.checkpoint!)
             } catch {
-                logger.error("the seed does not apply to the primary's copy of the backup", metadata: ["reason": "\(error)"])
+                // Every later patch would be XORed against the wrong copy: seed again instead.
+                self?.refuse(channel, because: "the seed does not apply to the primary's copy of the backup: \(error)")
             }
-            captured.recycle()
         }
         epoch = 1
         logBytesSinceCheckpoint = 0
@@ -482,7 +487,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.syncs.increment()
         metrics.pages.record(dirty.count)
         // Queued before the message goes out: the answer's handling queues behind it.
-        sender.async { [backupCopy] in backupCopy.pend(sync: sync, captured: captured, stateBytes: stateBytes) }
+        sender.async { [weak self, backupCopy] in
+            do {
+                try backupCopy.pend(sync: sync, captured: captured, stateBytes: stateBytes)
+            } catch {
+                self?.refuse(channel, because: "\(error)")
+            }
+        }
         channel.writeAndFlush(message, promise: nil)
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
     }

@@ -60,7 +60,7 @@ final class BackupCopyTests: XCTestCase {
         copy.startOver(from: state(atLastSync))
         let sync = captured(atThisSync, dirty: [1, 2], global: 2)
         let stateBytes = StateSync.stateBytes(of: sync.checkpoint!)
-        copy.pend(sync: 3, captured: sync, stateBytes: stateBytes)
+        try copy.pend(sync: 3, captured: sync, stateBytes: stateBytes)
 
         // The backup wrote pages 1 and 4 (not 2): page 1 matches except one block, page 4 is a
         // page the primary never wrote, and page 2 it missed (it still holds the last sync's).
@@ -81,7 +81,12 @@ final class BackupCopyTests: XCTestCase {
         XCTAssertThrowsError(try copy.matched(sync: 3), "answered once")
 
         // Globals that differ travel as the state bytes.
-        copy.pend(sync: 4, captured: captured(atThisSync, dirty: [], global: 3), stateBytes: [9, 9])
+        try copy.pend(sync: 4, captured: captured(atThisSync, dirty: [], global: 3), stateBytes: [9, 9])
         XCTAssertEqual(try copy.repair(sync: 4, backupPages: [], backupStateDigest: 0).state, [9, 9])
+
+        // A second sync while one is unanswered breaks the pacing: refused, not a trap.
+        try copy.pend(sync: 5, captured: captured(atThisSync, dirty: []), stateBytes: [])
+        XCTAssertThrowsError(try copy.pend(sync: 6, captured: captured(atThisSync, dirty: []), stateBytes: []))
+        XCTAssertThrowsError(try copy.matched(sync: 5), "both are dropped: the connection is refused and seeded again")
     }
 }

@@ -58,7 +58,7 @@ final class ActiveFollower: @unchecked Sendable {
             let result = Result<Int32, Error> { try follow() }
             lock.withLock { outcome = result }
             if lock.withLock({ world == nil }) { ready.signal() }
-            if case .failure(let error) = result, !log.abandoned, promotedAt == nil {
+            if case .failure(let error) = result, !log.abandoned, lock.withLock({ promotedAt == nil }) {
                 logger.error("the backup's machine stopped following the primary", metadata: ["reason": "\(error)"])
                 onDiverged("\(error)")
             }
@@ -163,17 +163,24 @@ final class ActiveFollower: @unchecked Sendable {
     }
 
     private func apply(_ repair: BlockPatch, to machine: Machine, sync point: SyncPoint, writtenPages: Int) throws {
+        // Everything is checked before anything changes: a refused repair leaves the machine as it was.
+        var adopted: (state: MachineState, memoryBytes: Int)?
         if !repair.state.isEmpty {
             let state = try CheckpointCodec.decode(repair.state)
+            guard state.moduleHash == prepared.hash, state.kind == .delta, state.pages.isEmpty, state.zeroPages.isEmpty,
+                state.memoryBytes <= UInt64(Int.max)
+            else { throw DivergenceError("sync \(point.sync)'s repair carries a state that is not a bare one of this module") }
             let rest = MachineState(memory: [], globals: state.globals, descriptors: state.descriptors, unwindDataAddress: state.unwindDataAddress)
-            try machine.adoptStateExceptMemory(rest, memoryBytes: Int(state.memoryBytes))
+            adopted = (rest, Int(state.memoryBytes))
         }
-        try machine.withMutableLinearMemory { memory in
+        let memoryBytes = max(machine.withLinearMemory { $0.count }, adopted?.memoryBytes ?? 0)
+        if let outside = repair.blocks.first(where: { (Int($0.index) + 1) * repair.blockSize > memoryBytes }) {
+            throw DivergenceError("a repair block at byte \(Int(outside.index) * repair.blockSize) lies outside the backup's \(memoryBytes) bytes of memory")
+        }
+        if let adopted { try machine.adoptStateExceptMemory(adopted.state, memoryBytes: adopted.memoryBytes) }
+        machine.withMutableLinearMemory { memory in
             for block in repair.blocks {
                 let offset = Int(block.index) * repair.blockSize
-                guard offset + repair.blockSize <= memory.count else {
-                    throw DivergenceError("a repair block at byte \(offset) lies outside the backup's \(memory.count) bytes of memory")
-                }
                 block.bytes.withUnsafeBytes { (memory.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: repair.blockSize) }
             }
         }

@@ -18,9 +18,13 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     private var syncs: [UInt64: SyncPoint] = [:]
     private var repairs: [UInt64: BlockPatch] = [:]
     private var ended = false
-    private(set) var abandoned = false
+    private var wasAbandoned = false
+    private var acceptedMost: UInt64 = 0
+
+    /// The session ended without a takeover.
+    var abandoned: Bool { condition.withLock { wasAbandoned } }
     /// The highest connection any entry so far accepted: a takeover numbers new ones above it.
-    private(set) var highestAccepted: UInt64 = 0
+    var highestAccepted: UInt64 { condition.withLock { acceptedMost } }
 
     init(startingAt position: UInt64) {
         base = Int(position)
@@ -39,7 +43,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
         let accepted = batch.compactMap(\.acceptedConnection).map(\.value).max() ?? 0
         condition.withLock {
             entries += batch
-            highestAccepted = max(highestAccepted, accepted)
+            acceptedMost = max(acceptedMost, accepted)
             condition.broadcast()
         }
     }
@@ -68,7 +72,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     func abandon() {
         condition.withLock {
             ended = true
-            abandoned = true
+            wasAbandoned = true
             condition.broadcast()
         }
     }
@@ -77,7 +81,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
         condition.withLock {
             reached = max(reached, position)
             while position >= base + entries.count && !ended { condition.wait() }
-            guard position >= base, position < base + entries.count, !abandoned else { return nil }
+            guard position >= base, position < base + entries.count, !wasAbandoned else { return nil }
             return entries[position - base]
         }
     }
@@ -98,7 +102,8 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     func repair(for sync: UInt64) -> BlockPatch? {
         condition.withLock {
             while repairs[sync] == nil && !ended { condition.wait() }
-            return repairs.removeValue(forKey: sync)
+            defer { repairs = repairs.filter { $0.key > sync } }  // older ones are never waited for now
+            return repairs[sync]
         }
     }
 
