@@ -174,7 +174,7 @@ public final class BackupService: @unchecked Sendable {
                 prepared: prepared, manifest: manifest, seed: state, position: position, options: .init(corruptAtSync: corruptAtSync),
                 logger: logger, metrics: metrics,
                 send: { message in
-                    if case .syncDiffers(_, _, _, let hashes) = message { metrics.stateBytesSent.increment(by: Int64(hashes.count)) }
+                    metrics.stateSent(message)
                     channel.writeAndFlush(message, promise: nil)
                 },
                 onDiverged: { [weak self] reason in self?.refuse(channel, because: "the backup's machine diverged: \(reason)") })

@@ -235,9 +235,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     let pages = try PageBlockHashes.decode(hashes, blockSize: Int(blockSize))
                     let repair = try repairer.repair(sync: sync, backupPages: pages, backupStateDigest: stateDigest)
                     let message = WireMessage.syncRepair(sync: sync, repair: PackedBytes(packing: repair.encoded()))
-                    let bytes = Int64(WireCodec.payloadBytes(message))
-                    metrics.bytesSent.increment(by: bytes)
-                    metrics.stateBytesSent.increment(by: bytes)
+                    let bytes = metrics.stateSent(message)
                     metrics.repairBytes.increment(by: bytes)
                     metrics.divergences.increment()
                     metrics.repairedBlocks.increment(by: Int64(repair.blocks.count))
@@ -369,13 +367,12 @@ public final class PrimaryReplicator: @unchecked Sendable {
             let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
             let message = WireMessage.packing(epoch: 0, checkpoint: bytes)
             self?.backupCopy.startOver(from: state)
-            metrics.bytesSent.increment(by: Int64(message.checkpointWireBytes))
-            metrics.stateBytesSent.increment(by: Int64(message.checkpointWireBytes))
+            let sent = metrics.stateSent(message)
             channel.writeAndFlush(message, promise: nil)
             logger.notice(
                 "seeding the backup: memory copied and sent; the pages written meanwhile follow",
                 metadata: [
-                    "bytes": "\(bytes.count)", "sent": "\(message.checkpointWireBytes)",
+                    "bytes": "\(bytes.count)", "sent": "\(sent)",
                     "millis": "\((ContinuousClock.now - began).milliseconds)",
                 ])
             if let self {
@@ -416,8 +413,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
         }
         guard stillWanted else { return }
         holding.protect(acknowledgedBelow: options.mode == .remus ? 1 : position)
-        metrics.bytesSent.increment(by: Int64(bytes.count))
-        metrics.stateBytesSent.increment(by: Int64(bytes.count))
+        let seed = WireMessage.checkpoint(epoch: 1, bytes: bytes)
+        metrics.stateSent(seed)
         metrics.epochs.increment()
         logger.notice(
             "seed sent",
@@ -425,7 +422,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 "pages": "\(pages)", "bytes": "\(bytes.count)", "logPosition": "\(position)",
                 "sinceSeedStartMillis": "\(seedStarted.map { (ContinuousClock.now - $0).milliseconds } ?? 0)",
             ])
-        channel.writeAndFlush(WireMessage.checkpoint(epoch: 1, bytes: bytes), promise: nil)
+        channel.writeAndFlush(seed, promise: nil)
     }
 
     private func checkpoint(_ machine: Machine, to channel: Channel) throws {
@@ -439,7 +436,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
-        let (bytesSent, stateBytesSent, backupCopy) = (metrics.bytesSent, metrics.stateBytesSent, backupCopy)
+        let (metrics, backupCopy) = (metrics, backupCopy)
         sender.async { [weak self] in
             defer { captured.recycle() }
             let message: WireMessage
@@ -449,9 +446,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 self?.refuse(channel, because: "\(error)")  // not reachable: a seed always comes first
                 return
             }
-            let bytes = Int64(WireCodec.payloadBytes(message))
-            bytesSent.increment(by: bytes)
-            stateBytesSent.increment(by: bytes)
+            metrics.stateSent(message)
             channel.writeAndFlush(message, promise: nil)
         }
     }
@@ -481,9 +476,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             SyncPoint(
                 sync: sync, position: position, dirtyPages: UInt32(dirty.count), digest: digest,
                 blockSize: UInt16(options.blockSize), wholeState: whole))
-        let bytes = Int64(WireCodec.payloadBytes(message))
-        metrics.bytesSent.increment(by: bytes)
-        metrics.stateBytesSent.increment(by: bytes)
+        metrics.stateSent(message)
         metrics.syncs.increment()
         metrics.pages.record(dirty.count)
         // Queued before the message goes out: the answer's handling queues behind it.
@@ -504,16 +497,6 @@ public final class PrimaryReplicator: @unchecked Sendable {
 private struct UnsafeSendable<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
-}
-
-extension WireMessage {
-    /// What a checkpoint message puts on the wire (for the replicated-bytes metric).
-    var checkpointWireBytes: Int {
-        switch self {
-        case .checkpoint(_, let bytes), .compressedCheckpoint(_, _, _, let bytes): return bytes.count
-        default: return 0
-        }
-    }
 }
 
 struct ProtocolViolation: Error, CustomStringConvertible {

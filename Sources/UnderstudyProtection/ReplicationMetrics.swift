@@ -1,4 +1,5 @@
 import Metrics
+import UnderstudyReplication
 
 /// What `--metrics` shows of replication (issue 4, part 6). Labels carry the role so one
 /// Prometheus can scrape both sides.
@@ -45,5 +46,15 @@ struct ReplicationMetrics {
         verified = Counter(label: "understudy_sync_verified", dimensions: dimensions)
         verificationFailures = Counter(label: "understudy_sync_verification_failures", dimensions: dimensions)
         followLag = Gauge(label: "understudy_follow_lag_entries", dimensions: dimensions)
+    }
+
+    /// A message carrying the backup's state (a checkpoint, a sync message, a repair) went out:
+    /// its payload counts in the replicated bytes and in the state bytes. Returns the count.
+    @discardableResult
+    func stateSent(_ message: WireMessage) -> Int64 {
+        let bytes = Int64(WireCodec.payloadBytes(message))
+        bytesSent.increment(by: bytes)
+        stateBytesSent.increment(by: bytes)
+        return bytes
     }
 }
