@@ -6,12 +6,7 @@ import XCTest
 /// and a fault injected into the backup's memory is found and repaired by the next sync, after
 /// which the backup's whole state equals the primary's.
 final class ActiveModeTests: XCTestCase {
-    private func metric(_ name: String, port: UInt16) throws -> Double {
-        let scrape = try Harness.run("curl", ["-sf", "http://127.0.0.1:\(port)/metrics"])
-        XCTAssertEqual(scrape.status, 0, scrape.stderr)
-        return scrape.stdout.split(separator: "\n").first { $0.hasPrefix(name + "{") || $0.hasPrefix(name + " ") }
-            .flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
-    }
+    private func metric(_ name: String, port: UInt16) throws -> Double { try MetricsScrape(port: port).value(name) }
 
     func testASyncFindsAndRepairsCorruptedBackupMemoryThenTheBackupTakesOverCorrectly() throws {
         let (primaryMetrics, backupMetrics) = (Harness.freePort(), Harness.freePort())
@@ -28,9 +23,9 @@ final class ActiveModeTests: XCTestCase {
         try pair.primary.waitFor("sending the blocks that differ", seconds: 30)
         let verifiedAtRepair = try metric("understudy_sync_verified", port: backupMetrics)
         // Later syncs keep verifying the whole state against the primary's.
-        let deadline = Date().addingTimeInterval(20)
-        while try metric("understudy_sync_verified", port: backupMetrics) < verifiedAtRepair + 10 && Date() < deadline { usleep(20_000) }
-        XCTAssertGreaterThanOrEqual(try metric("understudy_sync_verified", port: backupMetrics), verifiedAtRepair + 10, pair.backup.output)
+        try Harness.waitUntil("ten more verified syncs:\n\(pair.backup.output)") {
+            try metric("understudy_sync_verified", port: backupMetrics) >= verifiedAtRepair + 10
+        }
         XCTAssertEqual(try metric("understudy_sync_verification_failures", port: backupMetrics), 0)
         XCTAssertEqual(try metric("understudy_sync_divergences", port: backupMetrics), 1, "only the injected fault differs")
         XCTAssertGreaterThanOrEqual(try metric("understudy_sync_repaired_blocks", port: backupMetrics), 4, "four corrupted spots")
@@ -38,13 +33,11 @@ final class ActiveModeTests: XCTestCase {
         XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
         load.stop()
 
-        let setter = try Harness.run("redis-cli", ["-p", port, "SET", "after-the-repair", "kept"])
-        XCTAssertEqual(setter.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["SET", "after-the-repair", "kept"]), "OK")
         try pair.killPrimaryAndWaitForTakeover { port in (try? Harness.run("redis-cli", ["-p", "\(port)", "PING"]).stdout.hasPrefix("PONG")) ?? false }
         try pair.backup.waitFor("caught up with the primary's log; live")
         XCTAssertFalse(pair.backup.output.contains("replayed the log"), "an active backup goes live in place")
-        let value = try Harness.run("redis-cli", ["-p", port, "GET", "after-the-repair"])
-        XCTAssertEqual(value.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "kept")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["GET", "after-the-repair"]), "kept")
     }
 
     func testActiveFlagsAreCheckedWithAReason() throws {
@@ -56,7 +49,7 @@ final class ActiveModeTests: XCTestCase {
             (["--mode", "none"], "--mode must be remus, llm or active"),
         ]
         for (options, reason) in cases {
-            let outcome = try Harness.run(Harness.binary, ["primary", kv, "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:2"] + options)
+            let outcome = try Harness.understudy(["primary", kv, "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:2"] + options)
             XCTAssertNotEqual(outcome.status, 0)
             XCTAssertTrue(outcome.stderr.contains(reason), "\(options): \(outcome.stderr)")
         }

@@ -3,13 +3,10 @@ import XCTest
 
 /// Bad input gets one clear line and a non-zero exit, never a crash.
 final class ErrorTests: XCTestCase {
-    private func understudy(_ arguments: [String]) throws -> Harness.Outcome {
-        guard FileManager.default.isExecutableFile(atPath: Harness.binary) else { throw XCTSkip("understudy not built") }
-        return try Harness.run(Harness.binary, arguments, environment: ["UNDERSTUDY_CACHE": Harness.cache])
-    }
+    private func understudy(_ arguments: [String]) throws -> Harness.Outcome { try Harness.understudy(arguments) }
 
     private func module(_ wat: String) throws -> String {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-wat-\(UUID().uuidString)")
+        let directory = Harness.scratch("understudy-wat")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try wat.write(to: directory.appendingPathComponent("m.wat"), atomically: true, encoding: .utf8)
         let output = directory.appendingPathComponent("m.wasm").path
@@ -19,7 +16,7 @@ final class ErrorTests: XCTestCase {
     }
 
     func testMalformedModule() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("garbage-\(UUID().uuidString).wasm")
+        let path = Harness.scratch("garbage", suffix: ".wasm")
         try Data([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x0a, 0xff, 0x01]).write(to: path)
         let outcome = try understudy(["run", path.path])
         XCTAssertEqual(outcome.status, 1)

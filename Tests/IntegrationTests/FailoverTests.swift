@@ -29,26 +29,39 @@ final class FailoverTests: XCTestCase {
         var downtimes: [Double] = []
         for round in 0..<count {
             let clients = 4
-            let pair = try ProtectedPair("bank", mode: mode, guestArguments: ["\(2 * clients)", "1000"], primaryOptions: options)
+            let backupMetrics = Harness.freePort()
+            let pair = try ProtectedPair(
+                "bank", mode: mode, guestArguments: ["\(2 * clients)", "1000"], primaryOptions: options,
+                backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
             defer { pair.stop() }
             let models = (0..<UInt64(clients)).map { (index: UInt64) -> BankClient in
                 BankClient(port: pair.servicePort, accounts: (2 * index, 2 * index + 1))
             }
             let threads = models.map { model in Thread { model.run() } }
             threads.forEach { $0.start() }
-            usleep(UInt32(150_000 + generator.next() % 450_000))
+            // The kill falls at a random moment after every client has been acknowledged once.
+            try Harness.waitUntil("every bank client acknowledged (round \(round))") {
+                models.allSatisfy { $0.progress.acknowledged > 0 || $0.progress.failure != nil }
+            }
+            if mode == "active" {
+                try Harness.waitUntil("a verified sync (round \(round))") {
+                    // Not served yet reads as not verified yet; the end of the wait is the failure.
+                    ((try? MetricsScrape(port: backupMetrics).value("understudy_sync_verified")) ?? 0) >= 1
+                }
+            }
+            usleep(UInt32(100_000 + generator.next() % 400_000))
             let downtime = try pair.killPrimaryAndWaitForTakeover { port in (try? LineClient(port: port).request("AUDIT")) != nil }
             downtimes.append(downtime)
-            models.forEach { $0.waitUntilStopped() }
+            if mode == "active" { try assertSyncsVerifiedWithoutRepair(pair, backupMetrics: backupMetrics, round: round) }
+            try models.forEach { try $0.waitUntilStopped() }
             let auditor = try LineClient(port: pair.servicePort)
             let audit = try auditor.request("AUDIT").split(separator: " ")
             XCTAssertEqual(audit.first, "AUDIT", "round \(round)")
             XCTAssertEqual(audit.dropFirst().first.flatMap { UInt64($0) }, UInt64(2 * clients) * 1000, "money was not conserved (round \(round))")
-            let committed = audit.dropFirst(2).first.flatMap { UInt64($0) } ?? 0
-            var acknowledged = 0
+            let committed = try XCTUnwrap(audit.dropFirst(2).first.flatMap { UInt64($0) }, "AUDIT gave no committed count: \(audit)")
             for model in models {
                 XCTAssertNil(model.contradiction, "round \(round): \(model.contradiction ?? "")")
-                acknowledged += model.acknowledged
+                XCTAssertGreaterThan(model.acknowledged, 0, "round \(round): a client had nothing acknowledged: \(model.progress.failure ?? "")")
                 XCTAssertGreaterThanOrEqual(committed, model.highestTransaction, "an acknowledged transfer is missing (round \(round))")
                 let balances = try [model.accounts.0, model.accounts.1].map { account -> Int64 in
                     let reply = try auditor.request("BALANCE \(account)").split(separator: " ")
@@ -57,9 +70,22 @@ final class FailoverTests: XCTestCase {
                 XCTAssertTrue(
                     model.admits(balances), "round \(round): balances \(balances) contradict the acknowledged \(model.expected) (in flight: \(String(describing: model.inFlight)))")
             }
-            XCTAssertGreaterThan(acknowledged, 0, "no transfer was acknowledged before the kill (round \(round))")
         }
         print("bank \(mode) failover downtime (ms, SIGKILL to first answer): \(downtimes.map { Int($0) })")
+    }
+
+    /// `--verify-syncs` only helps if syncs were verified and none failed: a failed check makes
+    /// the backup refuse and the primary seed it again, after which a kill would still pass.
+    /// Checked after the takeover, so it covers the whole run up to the kill.
+    private func assertSyncsVerifiedWithoutRepair(_ pair: ProtectedPair, backupMetrics: UInt16, round: Int) throws {
+        let metrics = try MetricsScrape(port: backupMetrics)
+        XCTAssertGreaterThanOrEqual(try metrics.value("understudy_sync_verified"), 1, "round \(round)")
+        XCTAssertEqual(try metrics.value("understudy_sync_verification_failures"), 0, "round \(round)")
+        XCTAssertEqual(try metrics.value("understudy_sync_divergences"), 0, "round \(round): a sync had to repair the backup")
+        let primary = pair.primary.output
+        XCTAssertEqual(primary.components(separatedBy: "backup connected; seeding it").count - 1, 1, "round \(round): re-seeded:\n\(primary)")
+        XCTAssertFalse(primary.contains("the backup refused"), "round \(round):\n\(primary)")
+        XCTAssertFalse(primary.contains("backup lost"), "round \(round):\n\(primary)")
     }
 
     // MARK: kv with redis-cli: every acknowledged SET and INCR survives
@@ -69,8 +95,7 @@ final class FailoverTests: XCTestCase {
     func testKVSurvivesPrimaryKillsInActiveMode() throws { try kvKills(mode: "active", count: 5) }
 
     private func kvKills(mode: String, count: Int) throws {
-        let commands = FileManager.default.temporaryDirectory.appendingPathComponent("kv-sets-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: commands) }
+        let commands = Harness.scratch("kv-sets")
         try (0..<100_000).map { "SET key:\($0) value-\($0)\n" }.joined().write(to: commands, atomically: true, encoding: .utf8)
         var downtimes: [Double] = []
         for round in 0..<count {
@@ -80,7 +105,11 @@ final class FailoverTests: XCTestCase {
             let setter = try ClientProcess("redis-cli", ["-p", port], stdin: commands)
             let incrementer = try ClientProcess("redis-cli", ["-p", port, "-r", "1000000", "-i", "0", "INCR", "counter"])
             let load = try ClientProcess("redis-benchmark", ["-p", port, "-t", "set,get", "-n", "10000000", "-c", "8", "-q"])
-            usleep(UInt32(200_000 + generator.next() % 400_000))
+            // The kill falls at a random moment after both checked streams have been answered.
+            try Harness.waitUntil("a SET and an INCR acknowledged (round \(round))") {
+                setter.output.hasPrefix("OK\n") && incrementer.output.hasPrefix("1\n")
+            }
+            usleep(UInt32(100_000 + generator.next() % 400_000))
             let downtime = try pair.killPrimaryAndWaitForTakeover { port in
                 guard let client = try? LineClient(port: port, timeoutSeconds: 5) else { return false }
                 try? client.send("*1\r\n$4\r\nPING\r\n")
@@ -92,17 +121,18 @@ final class FailoverTests: XCTestCase {
             let setLines = setter.output.split(separator: "\n", omittingEmptySubsequences: false)
             let acknowledgedSets = setLines.prefix { $0 == "OK" }.count
             let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.map { Int($0)! }
-            XCTAssertGreaterThan(acknowledgedSets + increments.count, 0, "nothing was acknowledged before the kill (round \(round))")
+            XCTAssertGreaterThan(acknowledgedSets, 0, "no SET was acknowledged before the kill (round \(round))")
+            XCTAssertGreaterThan(increments.count, 0, "no INCR was acknowledged before the kill (round \(round))")
             XCTAssertTrue(
                 increments.enumerated().allSatisfy { $0.element == $0.offset + 1 },
                 "round \(round): INCR replies were not 1, 2, 3, …: \(increments.prefix(5))… of \(increments.count)")
-            let counter = Int(try redisCLI(pair.servicePort, "GET", "counter")) ?? 0
+            let counter = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, ["GET", "counter"])), "round \(round): the counter is not a number")
             XCTAssertTrue(
                 counter == increments.count || counter == increments.count + 1,
                 "counter is \(counter) after \(increments.count) acknowledged INCRs (round \(round))")
             for start in stride(from: 0, to: acknowledgedSets, by: 500) {
                 let keys = (start..<min(start + 500, acknowledgedSets)).map { "key:\($0)" }
-                let values = try redisCLI(pair.servicePort, ["MGET"] + keys).split(separator: "\n").map(String.init)
+                let values = try Harness.redisCLI(pair.servicePort, ["MGET"] + keys).split(separator: "\n").map(String.init)
                 let wanted = keys.map { "value-\($0.dropFirst(4))" }
                 if let missing = zip(keys, zip(values, wanted)).first(where: { $0.1.0 != $0.1.1 }) {
                     XCTFail("round \(round): \(missing.0) was acknowledged but reads '\(missing.1.0)' after the takeover (\(acknowledgedSets) SETs acknowledged)")
@@ -112,14 +142,6 @@ final class FailoverTests: XCTestCase {
             }
         }
         print("kv \(mode) failover downtime (ms, SIGKILL to first PONG): \(downtimes.map { Int($0) })")
-    }
-
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try redisCLI(port, arguments) }
-
-    private func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
-        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }
 
@@ -134,6 +156,8 @@ final class BankClient: @unchecked Sendable {
     private(set) var acknowledged = 0
     private(set) var highestTransaction: UInt64 = 0
     private(set) var contradiction: String?
+    /// Read while it runs (the test waits for the load to be running before it kills).
+    let progress = BankProgress()
     private let stopped = DispatchSemaphore(value: 0)
 
     init(port: UInt16, accounts: (UInt64, UInt64)) {
@@ -143,7 +167,11 @@ final class BankClient: @unchecked Sendable {
 
     func run() {
         defer { stopped.signal() }
-        guard let client = try? LineClient(port: port, timeoutSeconds: 5) else { return }
+        let client: LineClient
+        do { client = try LineClient(port: port, timeoutSeconds: 5) } catch {
+            progress.fail("client for accounts \(accounts) could not connect to \(port): \(error)")
+            return
+        }
         var step: Int64 = 1
         while true {
             let from = expected[0] >= expected[1] ? 0 : 1
@@ -162,10 +190,16 @@ final class BankClient: @unchecked Sendable {
             expected[from] -= amount
             expected[1 - from] += amount
             acknowledged += 1
+            progress.acknowledge()
         }
     }
 
-    func waitUntilStopped() { stopped.wait() }
+    /// Its connection fails within its 5 s read timeout of the primary's death; 30 s is a hang.
+    func waitUntilStopped() throws {
+        guard stopped.wait(timeout: .now() + 30) == .success else {
+            throw HarnessError.timedOut("the bank client for accounts \(accounts) did not stop within 30 s")
+        }
+    }
 
     /// The balances after failover are the acknowledged ones, or those plus the transfer in
     /// flight (it may have taken effect without its reply being released).
@@ -179,34 +213,15 @@ final class BankClient: @unchecked Sendable {
     }
 }
 
-/// A client program left running (redis-cli, redis-benchmark), its stdout and stderr kept in one
-/// file in the order written (redis-cli flushes each reply), so an error line marks where the
-/// acknowledged prefix ends.
-final class ClientProcess {
-    private let process = Process()
-    private let out: URL
+/// How far a running bank client got, safe to read from another thread.
+final class BankProgress: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    private var reason: String?
 
-    init(_ program: String, _ arguments: [String], stdin: URL? = nil) throws {
-        out = FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [program] + arguments
-        process.standardOutput = try FileHandle(forWritingTo: out)
-        process.standardError = process.standardOutput
-        process.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
-        try process.run()
-    }
-
-    deinit {
-        stop()
-        try? FileManager.default.removeItem(at: out)
-    }
-
-    func stop() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-
-    var output: String { (try? String(contentsOf: out, encoding: .utf8)) ?? "" }
+    var acknowledged: Int { lock.withLock { count } }
+    /// Why the client stopped before it began: one that never connected fails the test, not goes quiet.
+    var failure: String? { lock.withLock { reason } }
+    func acknowledge() { lock.withLock { count += 1 } }
+    func fail(_ why: String) { lock.withLock { reason = why } }
 }

@@ -3,11 +3,7 @@ import XCTest
 
 /// The key-value guest under `understudy run`, driven by Debian's redis-cli and redis-benchmark.
 final class KVGuestTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String {
-        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
 
     private func benchmark(_ port: UInt16, _ arguments: [String]) throws -> String {
         let outcome = try Harness.run("redis-benchmark", ["-p", "\(port)", "-q"] + arguments)
@@ -46,19 +42,31 @@ final class KVGuestTests: XCTestCase {
         XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "4000")
     }
 
-    /// A guest blocked in poll waits in the kernel: an idle machine burns no CPU. A busy-wait
-    /// would use the whole two seconds; the bound leaves room for a slow, loaded machine.
-    func testIdleGuestCostsNoCPU() throws {
+    /// A guest blocked in poll waits in the kernel: an idle machine's threads all sleep, and
+    /// none wakes. A poll loop that never blocks would be seen running; one with a short
+    /// timeout would wake hundreds of times. Counted wakeups, not CPU time: a loaded machine
+    /// makes neither more likely.
+    func testIdleGuestSleepsInTheKernel() throws {
         let server = try ServedGuest("kv")
         XCTAssertEqual(try redisCLI(server.port, "ping"), "PONG")
-        func cpuSeconds() throws -> Double {
-            let stat = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/stat", encoding: .utf8)
-            let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
-            return (Double(fields[11])! + Double(fields[12])!) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        let tasks = "/proc/\(server.pid)/task"
+        func threads() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: tasks) }
+        func wakeups() throws -> Int {
+            try threads().reduce(0) { total, thread in
+                let status = (try? String(contentsOfFile: "\(tasks)/\(thread)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+                return total + (line.flatMap { Int($0.split(separator: "\t").last ?? "") } ?? 0)
+            }
         }
-        let before = try cpuSeconds()
+        usleep(500_000)  // let the reply's connection close settle
+        let before = try wakeups()
         sleep(2)
-        XCTAssertLessThan(try cpuSeconds() - before, 0.5)
+        XCTAssertLessThanOrEqual(try wakeups() - before, 5, "an idle machine woke up")
+        for thread in try threads() {
+            let stat = try String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8)
+            let state = stat[stat.range(of: ") ")!.upperBound...].prefix(1)
+            XCTAssertEqual(state, "S", "thread \(thread) of an idle machine is not asleep: \(stat)")
+        }
     }
 
     /// Unwinding and rewinding the guest's stack at every wait must not change a single reply.

@@ -7,11 +7,7 @@ import XCTest
 /// protocol version, the wrong module or a cut checkpoint: each refused with a clear line, and
 /// the machine it protects (or will protect) is unharmed.
 final class ReplicationPeerTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String {
-        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
 
     private func pingProbe(_ port: UInt16) -> Bool {
         (try? Harness.run("redis-cli", ["-p", "\(port)", "PING"]))?.stdout.contains("PONG") == true
@@ -44,7 +40,7 @@ final class ReplicationPeerTests: XCTestCase {
         incrementer.stop()
         XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "before", "during", "after"), "1\n2\n3")
         let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.count
-        let counter = Int(try redisCLI(pair.servicePort, "GET", "counter")) ?? -1
+        let counter = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
         XCTAssertGreaterThan(increments, 0)
         XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
     }
@@ -121,9 +117,8 @@ final class ReplicationPeerTests: XCTestCase {
         defer { primary.kill() }
         try primary.waitFor("the machine is protected")
         XCTAssertEqual(try redisCLI(servicePort, "SET", "survivor", "yes"), "OK")
-        Glibc.kill(primary.process.processIdentifier, SIGKILL)
-        let deadline = Date().addingTimeInterval(30)
-        while !pingProbe(servicePort) && Date() < deadline { usleep(5_000) }
+        primary.kill()
+        try Harness.waitUntil("the backup serving after the primary's death:\n\(backup.output)") { pingProbe(servicePort) }
         XCTAssertEqual(try redisCLI(servicePort, "GET", "survivor"), "yes")
     }
 
@@ -166,8 +161,7 @@ final class ReplicationPeerTests: XCTestCase {
             ])
         defer { primary.kill() }
         try primary.waitFor("the machine is protected")
-        primary.process.waitUntilExit()
-        XCTAssertEqual(primary.process.terminationStatus, 0, primary.output)
+        XCTAssertEqual(try primary.child.waitForExit(seconds: 120), 0, primary.output)
         try backup.waitFor("not taking over")
         XCTAssertTrue(backup.output.contains("the primary is shutting down"), backup.output)
         XCTAssertFalse(backup.output.contains("is gone; taking over"), backup.output)
@@ -176,13 +170,11 @@ final class ReplicationPeerTests: XCTestCase {
 
     /// The bytes of checkpoint 1 of a short recording of kv.
     private func recordedCheckpoint() throws -> [UInt8] {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cut-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = Harness.scratch("understudy-cut")
         let served = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
         let file = directory.appendingPathComponent("checkpoint-000001.ckpt")
-        let deadline = Date().addingTimeInterval(30)
-        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent("checkpoint-000002.ckpt").path) && Date() < deadline {
-            usleep(20_000)
+        try Harness.waitUntil("checkpoint 2 of kv's recording") {
+            FileManager.default.fileExists(atPath: directory.appendingPathComponent("checkpoint-000002.ckpt").path)
         }
         served.stop()
         return Array(try Data(contentsOf: file))

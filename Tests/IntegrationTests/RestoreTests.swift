@@ -4,25 +4,16 @@ import XCTest
 
 /// Checkpoints recorded by one process, restored by another after a SIGKILL.
 final class RestoreTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String {
-        let outcome = try Harness.run("redis-cli", ["-p", "\(port)"] + arguments)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
 
-    private func recording() -> URL {
-        FileManager.default.temporaryDirectory.appendingPathComponent("understudy-recording-\(UUID().uuidString)")
-    }
+    private func recording() -> URL { Harness.scratch("understudy-recording") }
 
     /// Waits until the recorder has written a checkpoint after everything written so far.
     private func waitForCheckpoints(in directory: URL, beyond count: Int) throws {
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
+        try Harness.waitUntil("a checkpoint in \(directory.path)") {
             let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-            if files.filter({ $0.hasSuffix(".ckpt") }).count > count { return }
-            usleep(20_000)
+            return files.filter({ $0.hasSuffix(".ckpt") }).count > count
         }
-        XCTFail("no checkpoint appeared in \(directory.path)")
     }
 
     /// A recording of `guest` with at least one checkpoint, its process killed.
@@ -36,10 +27,8 @@ final class RestoreTests: XCTestCase {
 
     /// `understudy restore kv` from `directory`, expected to fail.
     private func failedRestore(from directory: URL) throws -> Harness.Outcome {
-        let outcome = try Harness.run(
-            Harness.binary,
-            ["restore", try Harness.guest("kv"), "--from", directory.path, "--listen", "127.0.0.1:\(Harness.freePort())"],
-            environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        let outcome = try Harness.understudy(
+            ["restore", try Harness.guest("kv"), "--from", directory.path, "--listen", "127.0.0.1:\(Harness.freePort())"])
         XCTAssertEqual(outcome.status, 1)
         return outcome
     }

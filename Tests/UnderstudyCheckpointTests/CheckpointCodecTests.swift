@@ -110,6 +110,7 @@ final class CheckpointCodecTests: XCTestCase {
     func testFileWriteIsAtomicAndReadsBack() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ckpt-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
         let url = directory.appendingPathComponent("0001.ckpt")
         let first = Checkpoint.full(of: state(seed: 1, pages: 4), moduleHash: hash, logPosition: 1)
         try CheckpointFile.write(first, to: url)

@@ -18,11 +18,15 @@ enum Fixtures {
 
     static func guest(_ name: String) throws -> PreparedModule {
         let path = guests.appendingPathComponent("\(name).wasm").path
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("guest \(name) is not built; run `make guests` (make test does)")
-        }
+        guard FileManager.default.fileExists(atPath: path) else { throw MissingGuest(path: path) }
         return try preparer().prepare(path: path)
     }
+}
+
+/// A test that needs a guest fails (never skips) when it is missing, saying how to build it.
+struct MissingGuest: Error, CustomStringConvertible {
+    let path: String
+    var description: String { "\(path) is not built: run `make guests` (make test does)" }
 }
 
 /// A world whose every answer the test decides: one listener, one client connection that

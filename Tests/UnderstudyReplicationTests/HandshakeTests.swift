@@ -18,6 +18,35 @@ final class HandshakeTests: XCTestCase {
         try await group.shutdownGracefully()
     }
 
+    /// A stream finished by a watchdog after `seconds`: awaiting what never arrives fails the
+    /// test (nil) instead of hanging it.
+    private func boundedStream<Element: Sendable>(of: Element.Type, seconds: Int = 10) -> (
+        stream: AsyncStream<Element>, continuation: AsyncStream<Element>.Continuation
+    ) {
+        let made = AsyncStream<Element>.makeStream()
+        Task { [continuation = made.continuation] in
+            try? await Task.sleep(for: .seconds(seconds))
+            continuation.finish()
+        }
+        return made
+    }
+
+    private func connectRaw(port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var socketAddress = sockaddr_in()
+        socketAddress.sin_family = sa_family_t(AF_INET)
+        socketAddress.sin_port = UInt16(port).bigEndian
+        socketAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &socketAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(connected, 0)
+        // Every read below is bounded: a backup that never answers fails the test.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
     private func listener(onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in }) async throws
         -> (ReplicationListener, ServiceAddress)
     {
@@ -27,7 +56,7 @@ final class HandshakeTests: XCTestCase {
     }
 
     func testAPrimaryIsWelcomedAndItsMessagesArrive() async throws {
-        let arrived = AsyncStream<WireMessage>.makeStream()
+        let arrived = boundedStream(of: WireMessage.self)
         let (listener, address) = try await listener { message, _ in arrived.continuation.yield(message) }
         let channel = try await ReplicationConnector.connect(
             to: address, hello: .init(mode: .llm, moduleHash: hash), group: group, logger: logger)
@@ -65,31 +94,28 @@ final class HandshakeTests: XCTestCase {
     /// above hears of it (the backup promotes on this); the listener's own beats keep arriving
     /// meanwhile.
     func testASilentPeerIsClosedAfterTheHeartbeatTimeout() async throws {
-        let closed = AsyncStream<Void>.makeStream()
+        let closed = boundedStream(of: Void.self)
+        // Before the connection exists: the silence the listener measures starts after this.
+        let started = ContinuousClock.now
         let listener = try await ReplicationListener.bind(
             try ServiceAddress(parsing: "127.0.0.1:0"), group: group, logger: logger,
             heartbeat: HeartbeatTiming(interval: .milliseconds(5), timeout: .milliseconds(40)),
             onClose: { _ in closed.continuation.yield() })
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = connectRaw(port: listener.localAddress.port!)
         defer { close(fd) }
-        var socketAddress = sockaddr_in()
-        socketAddress.sin_family = sa_family_t(AF_INET)
-        socketAddress.sin_port = UInt16(listener.localAddress.port!).bigEndian
-        socketAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &socketAddress) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        XCTAssertEqual(connected, 0)
         let hello = WireCodec.encode(.hello(.init(mode: .llm, moduleHash: hash)), sequence: 0)
         XCTAssertEqual(hello.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, hello.count)
-        let started = ContinuousClock.now
         var iterator = closed.stream.makeAsyncIterator()
-        _ = await iterator.next()
-        XCTAssertGreaterThanOrEqual(ContinuousClock.now - started, .milliseconds(30), "closed before the timeout")
+        let closedInTime = await iterator.next()
+        XCTAssertNotNil(closedInTime, "the silent peer was never closed")
+        // A lower bound only: the peer's last byte came after `started`, so an early close is a
+        // bug however loaded the machine is; how late it comes is not asserted.
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - started, .milliseconds(40), "closed before the timeout")
         var decoder = WireDecoder()
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             let got = recv(fd, &chunk, chunk.count, 0)
+            XCTAssertGreaterThanOrEqual(got, 0, "the closed connection never read end-of-file (errno \(errno))")
             if got <= 0 { break }
             decoder.append(chunk[..<got])
         }
@@ -103,20 +129,10 @@ final class HandshakeTests: XCTestCase {
     /// A peer that sends garbage is disconnected: the raw socket reads end-of-file, and the
     /// listener keeps welcoming well-behaved primaries afterwards.
     func testGarbageClosesTheConnectionAndTheListenerCarriesOn() async throws {
-        let received = AsyncStream<WireMessage>.makeStream()
+        let received = boundedStream(of: WireMessage.self)
         let (listener, address) = try await listener { message, _ in received.continuation.yield(message) }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = connectRaw(port: Int(address.port))
         defer { close(fd) }
-        var socketAddress = sockaddr_in()
-        socketAddress.sin_family = sa_family_t(AF_INET)
-        socketAddress.sin_port = address.port.bigEndian
-        socketAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &socketAddress) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        XCTAssertEqual(connected, 0)
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let garbage = Array("GET / HTTP/1.1\r\nHost: backup\r\n\r\n".utf8)
         XCTAssertEqual(garbage.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, garbage.count)
         var byte: UInt8 = 0

@@ -4,48 +4,24 @@ import XCTest
 
 /// One `understudy` process started for real, its output in a file, killed with SIGKILL.
 final class UnderstudyProcess {
-    let process = Process()
-    let name: String
-    private let log: URL
+    let child: ChildProcess
+    /// "primary", "backup": how its failures name it.
+    let role: String
+    var process: Process { child.process }
+    var output: String { child.output }
 
-    init(_ name: String, _ arguments: [String]) throws {
-        self.name = name
-        log = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-\(name)-\(UUID().uuidString).log")
-        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Harness.binary)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["UNDERSTUDY_CACHE": Harness.cache]) { $1 }
-        process.standardOutput = try FileHandle(forWritingTo: log)
-        process.standardError = process.standardOutput
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+    init(_ role: String, _ arguments: [String]) throws {
+        self.role = role
+        child = try ChildProcess(try Harness.binary(), arguments, environment: ["UNDERSTUDY_CACHE": Harness.cache])
     }
 
-    deinit {
-        kill()
-        try? FileManager.default.removeItem(at: log)
-    }
+    func kill() { child.kill() }
 
-    var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
-
-    func kill() {
-        guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-
-    /// Waits until the output contains `text` `times` times; fails with the output otherwise.
     func waitFor(_ text: String, times: Int = 1, seconds: Double = 60) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if output.components(separatedBy: text).count - 1 >= times { return }
-            if !process.isRunning { break }
-            usleep(10_000)
+        do { try child.waitFor(text, times: times, seconds: seconds) } catch HarnessError.timedOut(let text) {
+            throw HarnessError.timedOut("the \(role): \(text)")
         }
-        throw PairError.missing("\(name) never said '\(text)' (\(times)×):\n\(output)")
     }
-
-    enum PairError: Error { case missing(String) }
 }
 
 /// `understudy backup` and `understudy primary GUEST --mode MODE` on loopback, the primary
@@ -100,7 +76,7 @@ final class ProtectedPair {
             if !backup.process.isRunning { break }
             usleep(2_000)
         }
-        throw UnderstudyProcess.PairError.missing("the backup never served after the primary died:\n\(backup.output)")
+        throw HarnessError.timedOut("the backup never served after the primary died:\n\(backup.output)")
     }
 
     func stop() {

@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// What the running test owns: the processes it started and the files it made. When the test
+/// ends, pass or fail, every process still running is killed and every file removed; processes
+/// die with the test runner too (`ChildProcess` starts them with a parent-death signal).
+final class TestScope: @unchecked Sendable {
+    static let current = TestScope()
+
+    /// This run's temporary files, one directory removed whole when the run ends.
+    static let runDirectory: URL = {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-tests-\(getpid())")
+        try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }()
+
+    private let lock = NSLock()
+    private var processes: [ChildProcess] = []
+    private var files: [URL] = []
+    private var observing = false
+
+    func own(_ process: ChildProcess) {
+        observe()
+        lock.withLock { processes.append(process) }
+    }
+
+    func own(_ file: URL) {
+        observe()
+        lock.withLock { files.append(file) }
+    }
+
+    func disown(_ process: ChildProcess) {
+        lock.withLock { processes.removeAll { $0 === process } }
+    }
+
+    /// Kills what the test left running and removes what it left behind.
+    func end() {
+        let (running, made) = lock.withLock {
+            defer {
+                processes = []
+                files = []
+            }
+            return (processes, files)
+        }
+        running.forEach { $0.kill() }
+        running.forEach { $0.discard() }
+        made.forEach { try? FileManager.default.removeItem(at: $0) }
+    }
+
+    private func observe() {
+        let first = lock.withLock {
+            defer { observing = true }
+            return !observing
+        }
+        guard first else { return }
+        let observer = ScopeObserver(scope: self)
+        if Thread.isMainThread {
+            MainActor.assumeIsolated { XCTestObservationCenter.shared.addTestObserver(observer) }
+        } else {
+            DispatchQueue.main.sync { MainActor.assumeIsolated { XCTestObservationCenter.shared.addTestObserver(observer) } }
+        }
+    }
+}
+
+private final class ScopeObserver: NSObject, XCTestObservation, @unchecked Sendable {
+    let scope: TestScope
+    init(scope: TestScope) { self.scope = scope }
+
+    func testCaseDidFinish(_ testCase: XCTestCase) { scope.end() }
+
+    func testBundleDidFinish(_ testBundle: Bundle) {
+        scope.end()
+        try? FileManager.default.removeItem(at: TestScope.runDirectory)
+    }
+}
+
+/// A program the harness started: stdout (and stderr, merged or apart) in files, every wait
+/// bounded, killed and its files removed when the test that started it ends.
+final class ChildProcess {
+    let process = Process()
+    let name: String
+    private let outputFile: URL
+    private let errorFile: URL?
+
+    /// `program` is a path or a name looked up on PATH.
+    init(
+        _ program: String, _ arguments: [String], environment: [String: String] = [:], stdin: URL? = nil,
+        separateStderr: Bool = false
+    ) throws {
+        name = URL(fileURLWithPath: program).lastPathComponent
+        outputFile = TestScope.runDirectory.appendingPathComponent("\(name)-\(UUID().uuidString).out")
+        errorFile = separateStderr ? TestScope.runDirectory.appendingPathComponent("\(name)-\(UUID().uuidString).err") : nil
+        for file in [outputFile, errorFile].compactMap({ $0 }) { _ = FileManager.default.createFile(atPath: file.path, contents: nil) }
+        // The parent-death signal is tied to the thread that starts the child: only the main
+        // thread, which runs the tests, lives as long as the runner.
+        if Thread.isMainThread {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--pdeathsig", "KILL", "--", program] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [program] + arguments
+        }
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = try FileHandle(forWritingTo: outputFile)
+        process.standardError = try errorFile.map { try FileHandle(forWritingTo: $0) } ?? process.standardOutput
+        process.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
+        TestScope.current.own(self)
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var output: String { (try? String(contentsOf: outputFile, encoding: .utf8)) ?? "" }
+    var errorOutput: String { errorFile.flatMap { try? String(contentsOf: $0, encoding: .utf8) } ?? "" }
+
+    /// SIGKILL, then reap it (a killed process exits at once; the wait is bounded regardless).
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(pid, SIGKILL)
+        _ = try? waitForExit(seconds: 10)
+    }
+
+    /// Its exit status; one still running after `seconds` is killed and reported.
+    @discardableResult
+    func waitForExit(seconds: Double) throws -> Int32 {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning {
+            guard Date() < deadline else {
+                Glibc.kill(pid, SIGKILL)
+                throw HarnessError.timedOut(
+                    "\(name) \(process.arguments?.suffix(6).joined(separator: " ") ?? "") did not exit within \(Int(seconds)) s; killed. Output:\n\(output.suffix(2000))\(errorOutput.suffix(2000))")
+            }
+            usleep(2_000)
+        }
+        return process.terminationStatus
+    }
+
+    /// Waits until the output contains `text` `times` times; fails with the output otherwise.
+    func waitFor(_ text: String, times: Int = 1, seconds: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if output.components(separatedBy: text).count - 1 >= times { return }
+            if !process.isRunning { break }
+            usleep(10_000)
+        }
+        throw HarnessError.timedOut("\(name) never said '\(text)' (\(times)×):\n\(output)")
+    }
+
+    /// Removes its files now (it must have exited) instead of at the end of the test.
+    func discard() {
+        TestScope.current.disown(self)
+        for file in [outputFile, errorFile].compactMap({ $0 }) { try? FileManager.default.removeItem(at: file) }
+    }
+}
