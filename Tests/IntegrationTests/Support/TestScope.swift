@@ -10,7 +10,13 @@ final class TestScope: @unchecked Sendable {
 
     /// This run's temporary files, one directory removed whole when the run ends.
     static let runDirectory: URL = {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-tests-\(getpid())")
+        // A runner that crashed could not remove its own: whoever runs next does.
+        let temporary = FileManager.default.temporaryDirectory
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? [] where name.hasPrefix("understudy-tests-") {
+            guard let pid = Int32(name.dropFirst("understudy-tests-".count)), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(at: temporary.appendingPathComponent(name))
+        }
+        let url = temporary.appendingPathComponent("understudy-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
     }()
