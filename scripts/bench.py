@@ -6,15 +6,16 @@ protection modes side by side with failover downtime (bench_protection.py), and 
 sends to keep its backup current, with a block-size sweep (bench_sync.py).
 
 Runs every measurement side by side in one run, repeats each, and writes BENCHMARKS.md with
-min / median / max and the ratios. Usage: scripts/bench.py BIN [--quick]
+min / median / max and the ratios, headed by what was run: commit, machine, date and command.
+Usage: scripts/bench.py BIN [--quick]
 """
 import json
 import tempfile
 import os
 import platform
 import re
+import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,32 +26,16 @@ import bench_figures  # noqa: E402
 import bench_protection  # noqa: E402
 import bench_redis  # noqa: E402
 import bench_sync  # noqa: E402
+from bench_load import (REDIS_BENCHMARK_CALIBRATION_REQUESTS, answers, cpus_usable, free_port,  # noqa: E402
+                        redis_benchmark, run_lengths, wait_for, wrk)
+from bench_parse import MissingFigure, ratio  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "guests", "build")
 
 
 def progress(message):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, process, seconds=120):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server never listened")
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class Server:
@@ -66,37 +51,16 @@ class Server:
                        "--listen", f"127.0.0.1:{self.port}", *options, "--", *args]
             env = dict(os.environ)
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_listening(self.port, self.process)
+        wait_for(self._listening, 120, f"{guest} ({how}) to listen")
+
+    def _listening(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}")
+        return answers(self.port)
 
     def stop(self):
         self.process.kill()
         self.process.wait()
-
-
-def redis_benchmark(port, tests, requests, clients=50, pipeline=1):
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", tests, "-n", str(requests),
-                          "-c", str(clients), "-P", str(pipeline), "--csv"],
-                         capture_output=True, text=True, check=True).stdout
-    results = {}
-    for line in out.splitlines():
-        cells = [c.strip('"') for c in line.split('","')]
-        if len(cells) >= 5 and cells[0] != "test":
-            results[cells[0]] = {"rps": float(cells[1]), "p50": float(cells[5]) if len(cells) > 5 else float("nan"),
-                                 "p99": float(cells[7]) if len(cells) > 7 else float("nan")}
-    return results
-
-
-def wrk(port, seconds):
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/counter"],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def latency(label):
-        match = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
-        value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99")}
 
 
 def timed(command):
@@ -146,11 +110,41 @@ except wasmtime.ExitTrap as e:
 """
 
 
+def git(*arguments):
+    return subprocess.run(["git", "-C", ROOT, *arguments], capture_output=True, text=True, check=True).stdout
+
+
+def provenance(quick):
+    """What this run ran, read when it starts (before it writes BENCHMARKS.md and the plots)."""
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()]
+    model = sorted({line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")})
+    make = f" (what `make bench{' QUICK=1' if quick else ''}` runs)" if os.environ.get("MAKELEVEL") else ""
+    return {
+        "commit": git("rev-parse", "HEAD").strip(),
+        "changed": changed,
+        "cpus": os.cpu_count(), "usable": cpus_usable(), "model": "; ".join(model) or platform.processor() or "unknown",
+        "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        "started": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": ("QUICK=1 " if os.environ.get("QUICK") == "1" else "")
+                   + shlex.join([os.path.basename(sys.executable), *sys.argv]) + make,
+        "tools": "; ".join(tool_version(command) for command in (["redis-benchmark", "--version"], ["wrk", "-v"],
+                                                                 ["redis-server", "--version"])),
+    }
+
+
+def tool_version(command):
+    if not shutil.which(command[0]):
+        return f"{command[0]}: not installed"
+    out = subprocess.run(command, capture_output=True, text=True)
+    return ((out.stdout + out.stderr).strip().splitlines() or [f"{command[0]}: no version printed"])[0]
+
+
 def main():
     bin_path = os.path.abspath(sys.argv[1])
     quick = "--quick" in sys.argv or os.environ.get("QUICK") == "1"
+    ran = provenance(quick)
     repeats = 2 if quick else 3
-    kv_requests = 5000 if quick else 20000
+    min_seconds = 1.0 if quick else 2.0
     wrk_seconds = 2 if quick else 5
     cpu_scale = "2" if quick else "10"
 
@@ -165,14 +159,14 @@ def main():
         variants = (("native", ()), ("understudy", ()), ("understudy-unwind-every-block", ("--suspend-at-every-block",)),
                     ("understudy-recording", ("--record", recording, "--checkpoint-every", "200ms")))
         for how, options in variants:
-            progress(f"round {round_number}/{repeats}: kv {how} (redis-benchmark, {kv_requests} requests per test)")
+            progress(f"round {round_number}/{repeats}: kv {how} (redis-benchmark, at least {min_seconds} s per test)")
             server = Server(bin_path, "kv", "native" if how == "native" else "understudy", options=options)
             try:
                 started = time.perf_counter()
-                for test, result in redis_benchmark(server.port, "set,get,incr", kv_requests).items():
+                for test, result in redis_benchmark(server.port, "set,get,incr", min_seconds).items():
                     record(("kv", how, test), result)
                 live_seconds = time.perf_counter() - started
-                for test, result in redis_benchmark(server.port, "get", kv_requests, pipeline=16).items():
+                for test, result in redis_benchmark(server.port, "get", min_seconds, pipeline=16).items():
                     record(("kv-P16", how, test), result)
                 if how == "understudy-recording":
                     time.sleep(0.5)  # a checkpoint after the last request
@@ -212,19 +206,19 @@ def main():
                          stdout=subprocess.PIPE, text=True, check=True).stdout
     checkpoint_rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    protection_rows = bench_protection.measure(bin_path, quick, progress, redis_benchmark, wrk)
-    protection_lines = bench_protection.report(protection_rows, quick, f"{kv_requests} requests per test")
+    protection_rows = bench_protection.measure(bin_path, quick, progress)
+    protection_lines = bench_protection.report(protection_rows, quick)
     sync_rows, sweep_rows = bench_sync.measure(bin_path, quick, progress)
     protection_lines += bench_sync.report(sync_rows, sweep_rows, quick)
     if bench_redis.available():
-        protection_lines += bench_redis.report(bench_redis.measure(bin_path, quick, progress, redis_benchmark), quick)
+        protection_lines += bench_redis.report(bench_redis.measure(bin_path, quick, progress), quick)
     else:
         protection_lines += ["", "## Against Redis with a replica", "", "Not measured: `redis-server` is not installed.", ""]
     progress("plots: bench/results/*.svg")
     protection_lines += bench_figures.draw(checkpoint_rows, protection_rows, sync_rows, sweep_rows, bench_sync.WORKLOADS)
     headline = bench_figures.claims(protection_rows, sync_rows, bench_sync.WORKLOADS)
 
-    write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
+    write_report(rows, ran, quick, repeats, min_seconds, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
                  protection_lines, headline)
 
 
@@ -234,36 +228,63 @@ def replay_measurement(bin_path, recording, live_seconds):
               "log_bytes": os.path.getsize(os.path.join(recording, "events.log")),
               "checkpoints": len([n for n in os.listdir(recording) if n.endswith(".ckpt")])}
     for label, options in (("verify", ["--verify"]), ("plain", [])):
-        out = subprocess.run([bin_path, "replay", recording, *options], capture_output=True, text=True)
+        command = [bin_path, "replay", recording, *options]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(f"replay of the kv recording failed: {out.stderr.strip()}")
         match = re.search(r"replayed log entries (\d+)\.\.<(\d+) of (\d+) .* in ([\d.]+) s", out.stdout)
+        if not match:
+            raise MissingFigure(f"`{shlex.join(command)}` printed no \"replayed log entries A..<B of N ... in S s\": {out.stdout!r}")
         result[label] = float(match.group(4))
-        result["entries"] = int(match.group(3))
-        verified = re.search(r"checkpoints verified: (\d+)", out.stdout)
-        if verified:
+        result["entries"], result["replayed"] = int(match.group(3)), int(match.group(2)) - int(match.group(1))
+        if label == "verify":
+            verified = re.search(r"checkpoints verified: (\d+)", out.stdout)
+            if not verified:
+                raise MissingFigure(f"`{shlex.join(command)}` printed no \"checkpoints verified: N\": {out.stdout!r}")
             result["verified"] = int(verified.group(1))
     return result
 
 
-def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
+def run_description(ran):
+    """The lines that say what this run ran."""
+    if ran["changed"]:
+        shown = ", ".join(f"`{path}`" for path in ran["changed"][:10])
+        more = f" and {len(ran['changed']) - 10} more" if len(ran["changed"]) > 10 else ""
+        count = len(ran["changed"])
+        tree = f"with uncommitted changes to {count} path{'s' if count > 1 else ''} ({shown}{more})"
+    else:
+        tree = "with a clean tree"
+    usable = "" if ran["usable"] == ran["cpus"] else f", {ran['usable']} of them usable by this run (nproc)"
+    return [
+        f"- commit: `{ran['commit']}`, {tree}",
+        f"- machine: {platform.machine()}, {ran['model']}, {ran['cpus']} CPUs (os.cpu_count){usable}, "
+        f"{ran['memory_gib']:.0f} GiB, Linux {platform.release()}",
+        f"- started: {ran['started']}",
+        f"- command: `{ran['command']}`",
+        f"- tools: {ran['tools']}",
+    ]
+
+
+def write_report(rows, ran, quick, repeats, min_seconds, wrk_seconds, cpu_scale, checkpoint_rows, sizes, rounds,
                  protection_lines, headline):
-    cores = os.cpu_count()
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    kv_runs = [r for (family, _, _), runs in rows.items() if family in ("kv", "kv-P16") for r in runs]
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `make bench{' QUICK=1' if quick else ''}` (scripts/bench.py) on "
-        f"{time.strftime('%Y-%m-%d')}: {platform.machine()}, {cores} cores, {memory_gib:.0f} GiB, "
-        f"Linux {platform.release()}. Every figure is the median of {repeats} runs in this one "
-        "invocation, with (min – max); nothing is copied from an earlier run.",
+        f"Produced by scripts/bench.py{' in QUICK mode' if quick else ''}. Every figure is the median of "
+        f"{repeats} runs in this one invocation, with (min – max); nothing is copied from an earlier run.",
         "",
-        "Client and server share the two cores, so absolute figures are low for everyone; the ratios "
-        "are what to read.",
+    ] + run_description(ran) + [
+        "",
+        f"Clients and servers share the same {ran['usable']} CPUs, so absolute figures are low for everyone; "
+        "the ratios are what to read.",
     ] + headline + [
         "## Key-value guest (`kv`) under redis-benchmark",
         "",
-        f"`redis-benchmark -t set,get,incr -n {kv_requests} -c 50` and `-t get -P 16`. "
+        f"`redis-benchmark -c 50 -t T` for each of set, get, incr, and `-t get -P 16`, each run on its own for at "
+        f"least {min_seconds} s: a first run of {REDIS_BENCHMARK_CALIBRATION_REQUESTS:,} requests gives the rate (and "
+        "is the measurement if it lasted that long), and the next asks for enough requests to last 1.25 times that "
+        f"at it ({run_lengths(kv_runs)}). "
         "`native` is the same C compiled by gcc -O2; `understudy` is the unprotected machine (mode "
         "`none`); `unwind-every-block` also unwinds and rewinds the guest's stack at every host call "
         "that may block; `recording` is `understudy run --record DIR --checkpoint-every 200ms`: every "
@@ -278,46 +299,47 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
         for test in tests:
             native = statistics.median(r["rps"] for r in rows[(family, "native", test)])
             for how in ("native", "understudy", "understudy-unwind-every-block", "understudy-recording"):
-                results = rows.get((family, how, test))
-                if not results:
-                    continue
+                results = rows[(family, how, test)]
                 rps = [r["rps"] for r in results]
                 label = test + (" (-P 16)" if family == "kv-P16" else "")
                 lines.append(
                     f"| {label} | {how} | {fmt(rps)} | {fmt([r['p50'] for r in results])} | "
-                    f"{fmt([r['p99'] for r in results])} | {statistics.median(rps) / native:.3f} |")
+                    f"{fmt([r['p99'] for r in results])} | "
+                    f"{ratio(statistics.median(rps), native, f'{label} {how} of native'):.3f} |")
     lines += ["", "## Suspension policy", ""]
-    ours = [statistics.median(r["rps"] for r in rows[("kv", "understudy", t)]) for t in ("SET", "GET", "INCR") if ("kv", "understudy", t) in rows]
-    every = [statistics.median(r["rps"] for r in rows[("kv", "understudy-unwind-every-block", t)]) for t in ("SET", "GET", "INCR") if ("kv", "understudy-unwind-every-block", t) in rows]
-    if ours and every:
-        ratio = statistics.mean(every) / statistics.mean(ours)
-        lines.append(
-            f"Unwinding and rewinding at every host call that may block reached {ratio:.3f} times the "
-            "throughput of unwinding only when a suspension is requested (mean of the SET/GET/INCR "
-            "medians above, 50 clients; the -P 16 rows compare the same way). Read the min–max ranges "
-            "first: on two shared cores the spread between runs is of the same size. "
-            + ("Doing more work came out faster here, which points at a side effect (each rewind "
-               "re-enters the engine through a fresh `_start` invocation) rather than at Asyncify; it is "
-               "not yet understood, so the default stays: unwind only when a checkpoint is due. "
-               if ratio > 1 else
-               "Unwinding only when a checkpoint is due is the default. ")
-            + "`--suspend-at-every-block` exists to repeat this measurement.")
-    lines += checkpoint_report(rows, checkpoint_rows, sizes, rounds, kv_requests)
+    ours = [statistics.median(r["rps"] for r in rows[("kv", "understudy", t)]) for t in ("SET", "GET", "INCR")]
+    every = [statistics.median(r["rps"] for r in rows[("kv", "understudy-unwind-every-block", t)]) for t in ("SET", "GET", "INCR")]
+    ratio_every = ratio(statistics.mean(every), statistics.mean(ours), "unwind-every-block of understudy")
+    lines.append(
+        f"Unwinding and rewinding at every host call that may block reached {ratio_every:.3f} times the "
+        "throughput of unwinding only when a suspension is requested (mean of the SET/GET/INCR "
+        "medians above, 50 clients; the -P 16 rows are in the table too). Read it against the min–max "
+        "ranges above, which show the spread between runs. "
+        + ("Doing more work came out faster here, which points at a side effect (each rewind "
+           "re-enters the engine through a fresh `_start` invocation) rather than at Asyncify; it is "
+           "not yet understood, so the default stays: unwind only when a checkpoint is due. "
+           if ratio_every > 1 else
+           "Unwinding only when a checkpoint is due is the default. ")
+        + "`--suspend-at-every-block` exists to repeat this measurement.")
+    lines += checkpoint_report(rows, checkpoint_rows, sizes, rounds, min_seconds)
+    http_runs = [r for how in ("native", "understudy") for r in rows[("http", how, "GET /counter")]]
     lines += [
         "",
         "## HTTP guest (`http`) under wrk",
         "",
-        f"`wrk -t2 -c32 -d{wrk_seconds}s --latency http://127.0.0.1:PORT/counter`",
+        f"`wrk -t2 -c32 -d{wrk_seconds}s --latency http://127.0.0.1:PORT/counter` (wrk ran "
+        f"{min(r['seconds'] for r in http_runs):.2f}–{max(r['seconds'] for r in http_runs):.2f} s per run)",
         "",
-        "| how | requests/s | p50 ms | p99 ms | throughput vs native |",
-        "| --- | --- | --- | --- | --- |",
+        "| how | requests/s | p50 ms | p99 ms | throughput vs native | socket errors |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     native = statistics.median(r["rps"] for r in rows[("http", "native", "GET /counter")])
     for how in ("native", "understudy"):
         results = rows[("http", how, "GET /counter")]
         rps = [r["rps"] for r in results]
         lines.append(f"| {how} | {fmt(rps)} | {fmt([r['p50'] for r in results])} | {fmt([r['p99'] for r in results])} | "
-                     f"{statistics.median(rps) / native:.3f} |")
+                     f"{ratio(statistics.median(rps), native, f'http {how} of native'):.3f} | "
+                     f"{sum(sum(r['socket_errors'].values()) for r in results):,} |")
     lines += [
         "",
         "## Guest CPU speed (`cpu`, no I/O)",
@@ -333,7 +355,9 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
     for how in ("native", "understudy", "wasmtime"):
         if ("cpu", how, "") in rows:
             values = rows[("cpu", how, "")]
-            lines.append(f"| {how} | {fmt(values, ' s')} | {statistics.median(values) / native:.1f}× |")
+            lines.append(f"| {how} | {fmt(values, ' s')} | {ratio(statistics.median(values), native, f'cpu {how} of native'):.1f}× |")
+        else:
+            lines.append(f"| {how} | — (not measured: PyPI's `wasmtime` could not be installed) | — |")
     lines += ["", "WasmKit is an interpreter: the CPU row is the engine's cost, the kv/http rows are "
               "what a network guest pays in total.", ""]
     lines += protection_lines
@@ -342,26 +366,30 @@ def write_report(rows, bin_path, quick, repeats, kv_requests, wrk_seconds, cpu_s
     progress("wrote BENCHMARKS.md")
 
 
-def checkpoint_report(rows, checkpoint_rows, sizes, rounds, kv_requests):
+def checkpoint_report(rows, checkpoint_rows, sizes, rounds, min_seconds):
     lines = ["", "## Recording and replay (`kv`)", ""]
     ours = [statistics.median(r["rps"] for r in rows[("kv", "understudy", t)]) for t in ("SET", "GET", "INCR")]
     recorded = [statistics.median(r["rps"] for r in rows[("kv", "understudy-recording", t)]) for t in ("SET", "GET", "INCR")]
     replays = rows[("replay", "", "")]
     lines += [
-        f"Recording kept {statistics.mean(recorded) / statistics.mean(ours):.3f} of the unrecorded machine's "
-        "throughput (mean of the SET/GET/INCR medians in the table above).",
+        f"Recording kept {ratio(statistics.mean(recorded), statistics.mean(ours), 'recording of understudy'):.3f} "
+        "of the unrecorded machine's throughput (mean of the SET/GET/INCR medians in the table above).",
         "",
-        f"Each kv recording above (the SET/GET/INCR and -P 16 runs, {kv_requests} requests per test) was then "
+        f"Each kv recording above (the SET/GET/INCR and -P 16 runs, each at least {min_seconds} s, with their "
+        "calibration runs) was then "
         "replayed by `understudy replay DIR --verify` (every output checked against its digest, the "
-        "machine compared with every checkpoint) and without `--verify` (outputs only). *Live* is the "
+        "machine compared with every checkpoint) and without `--verify` (outputs only); the replay times are "
+        "what `understudy replay` prints (to 0.01 s). *Live* is the "
         "wall time of the SET/GET/INCR part alone, so the ratio understates replay speed.",
         "",
-        "| log entries | log MiB | checkpoints verified | live s (SET/GET/INCR) | replay --verify s | replay s | entries/s replayed |",
+        "| log entries | log MiB | checkpoints verified of written | live s (SET/GET/INCR) | replay --verify s | replay s | "
+        "entries/s replayed |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in replays:
-        lines.append(f"| {r['entries']:,} | {r['log_bytes'] / 2**20:.1f} | {r.get('verified', 0)} | {r['live']:.2f} | "
-                     f"{r['verify']:.2f} | {r['plain']:.2f} | {r['entries'] / r['plain']:,.0f} |")
+        lines.append(f"| {r['entries']:,} | {r['log_bytes'] / 2**20:.1f} | {r['verified']} of {r['checkpoints']} | "
+                     f"{r['live']:.2f} | {r['verify']:.2f} | {r['plain']:.2f} | "
+                     f"{ratio(r['replayed'], r['plain'], 'entries replayed per second of replay'):,.0f} |")
     lines += [
         "",
         "## Checkpoints: pause, scan cost, restore",
@@ -391,7 +419,8 @@ def checkpoint_report(rows, checkpoint_rows, sizes, rounds, kv_requests):
     ]
     for r in (r for r in checkpoint_rows if r["kind"] == "scan"):
         lines.append(f"| {r['memoryMiB']} | {r['dirtyPages']:,} | {r['userfaultfdMedianMicros']:,.0f} | "
-                     f"{r['hashingMedianMicros']:,.0f} | {r['hashingMedianMicros'] / r['userfaultfdMedianMicros']:,.0f}× |")
+                     f"{r['hashingMedianMicros']:,.0f} | "
+                     f"{ratio(r['hashingMedianMicros'], r['userfaultfdMedianMicros'], 'hashing / userfaultfd scan'):,.0f}× |")
     return lines
 
 

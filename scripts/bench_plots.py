@@ -1,7 +1,10 @@
 """Line and bar charts as SVG files, with no dependency beyond Python: `make bench` draws its
-plots into bench/results/ on any machine it runs on."""
+plots into bench/results/ on any machine it runs on. A chart with no data writes nothing and
+removes any file an earlier run left at its path, so no stale plot survives; each returns whether
+it drew."""
 import html
 import math
+import os
 
 WIDTH, HEIGHT = 640, 400
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50
@@ -27,11 +30,23 @@ def _label(value):
     return f"{value:g}"
 
 
+def _no_data(path):
+    if os.path.exists(path):
+        os.unlink(path)
+    return False
+
+
+def _write(path, out):
+    with open(path, "w") as handle:
+        handle.write("\n".join(out) + "\n")
+    return True
+
+
 def line_chart(path, title, x_label, y_label, series, log_x=False, log_y=False):
-    """series: {name: [(x, y), ...]}; writes an SVG to path."""
+    """series: {name: [(x, y), ...]}; writes an SVG to path if there is a point to draw."""
     points = [p for values in series.values() for p in values if p[1] is not None]
     if not points:
-        return
+        return _no_data(path)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_ticks = _ticks(min(xs), max(xs), log_x)
     y_ticks = _ticks(min(0, min(ys)) if not log_y else min(ys), max(ys), log_y)
@@ -75,14 +90,13 @@ def line_chart(path, title, x_label, y_label, series, log_x=False, log_y=False):
         out.append(f'<line x1="{WIDTH - RIGHT + 12}" y1="{ly}" x2="{WIDTH - RIGHT + 32}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
         out.append(f'<text x="{WIDTH - RIGHT + 38}" y="{ly + 4}">{html.escape(name)}</text>')
     out.append("</svg>")
-    with open(path, "w") as handle:
-        handle.write("\n".join(out) + "\n")
+    return _write(path, out)
 
 
 def bar_chart(path, title, y_label, bars, log_y=False):
-    """bars: [(label, value)]; writes an SVG to path."""
+    """bars: [(label, value)]; writes an SVG to path if there is a bar to draw."""
     if not bars:
-        return
+        return _no_data(path)
     top = max(v for _, v in bars)
     ticks = _ticks(min(v for _, v in bars) if log_y else 0, top, log_y)
     lo, hi = ticks[0], ticks[-1]
@@ -109,5 +123,4 @@ def bar_chart(path, title, y_label, bars, log_y=False):
         out.append(f'<text x="{x + width * 0.35:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{html.escape(label)}</text>')
     out.append(f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - 20}" y2="{HEIGHT - BOTTOM}" stroke="black"/>')
     out.append("</svg>")
-    with open(path, "w") as handle:
-        handle.write("\n".join(out) + "\n")
+    return _write(path, out)

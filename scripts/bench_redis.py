@@ -2,16 +2,16 @@
 plain and with `WAIT 1 0` after each write, driven like the kv guest, beside Understudy's kv in
 each mode: the cost of protection as a ratio to the same server unprotected, for both."""
 import asyncio
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
 import bench_protection
-from bench_protection import Protected, free_port, percentile, round_trips, wait_for
+from bench_load import answers, free_port, redis_benchmark, run_lengths, wait_for
+from bench_parse import percentile, ratio
+from bench_protection import Protected, round_trips
 
 
 class RedisPair:
@@ -32,7 +32,7 @@ class RedisPair:
     def _start(self, port, *extra):
         process = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
                                     "--dir", self.directory, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _answers(port), 30, f"redis-server on {port}")
+        wait_for(lambda: answers(port), 30, f"redis-server on {port}")
         return process
 
     def _info(self):
@@ -43,14 +43,6 @@ class RedisPair:
             process.kill()
             process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def available():
@@ -68,7 +60,9 @@ async def _client(port, payload, replies, deadline, latencies):
         started = time.perf_counter()
         writer.write(payload)
         for _ in range(replies):
-            await reader.readline()
+            reply = await reader.readline()
+            if not reply or reply.startswith(b"-"):  # a close or an error is not a request served
+                raise RuntimeError(f"127.0.0.1:{port} answered {reply!r} to {payload!r}")
         latencies.append((time.perf_counter() - started) * 1000)
         count += 1
     writer.close()
@@ -77,22 +71,24 @@ async def _client(port, payload, replies, deadline, latencies):
 
 def closed_loop(port, payload, replies, seconds, clients=16):
     """Requests per second and latency percentiles of `clients` connections each sending
-    `payload` and waiting for its `replies` lines, for `seconds`."""
+    `payload` and waiting for its `replies` lines, for `seconds` (requests/s over the time until
+    the last reply, which comes after the deadline)."""
     async def run():
         latencies = []
-        deadline = time.perf_counter() + seconds
-        counts = await asyncio.gather(*[_client(port, payload, replies, deadline, latencies) for _ in range(clients)])
-        return sum(counts) / seconds, latencies
-    rps, latencies = asyncio.run(run())
-    return {"rps": rps, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
+        started = time.perf_counter()
+        counts = await asyncio.gather(*[_client(port, payload, replies, started + seconds, latencies) for _ in range(clients)])
+        return sum(counts), time.perf_counter() - started, latencies
+    count, elapsed, latencies = asyncio.run(run())
+    return {"rps": ratio(count, elapsed, "closed-loop requests per second"), "seconds": elapsed,
+            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
 
 
-def measure(bin_path, quick, progress, redis_benchmark):
+def measure(bin_path, quick, progress):
     """rows[(system, variant)] = list of {set: redis-benchmark SET result, write: closed-loop
     SET(+WAIT) result, rtt: single-client round trip samples}."""
     rows = {}
     repeats = 2 if quick else 3
-    requests = 5000 if quick else 20000
+    min_seconds = 1.0 if quick else 2.0
     seconds = 2 if quick else 4
     trips = 300 if quick else 1000
     systems = [("redis", "alone", False), ("redis", "replica", False), ("redis", "replica + WAIT 1 0", True)]
@@ -104,7 +100,7 @@ def measure(bin_path, quick, progress, redis_benchmark):
                 payload, replies = (SET + WAIT, 2) if waits else (SET, 1)
                 expect = b":1\r\n" if waits else b"+OK\r\n"
                 rows.setdefault((system, variant), []).append({
-                    "set": redis_benchmark(pair.port, "set", requests)["SET"] if not waits else None,
+                    "set": redis_benchmark(pair.port, "set", min_seconds)["SET"] if not waits else None,
                     "write": closed_loop(pair.port, payload, replies, seconds),
                     "rtt": round_trips(pair.port, payload, expect, trips)})
             finally:
@@ -114,7 +110,7 @@ def measure(bin_path, quick, progress, redis_benchmark):
             server = Protected(bin_path, "kv", mode)
             try:
                 rows.setdefault(("understudy kv", mode), []).append({
-                    "set": redis_benchmark(server.port, "set", requests)["SET"],
+                    "set": redis_benchmark(server.port, "set", min_seconds)["SET"],
                     "write": closed_loop(server.port, SET, 1, seconds),
                     "rtt": round_trips(server.port, SET, b"+OK\r\n", trips)})
             finally:
@@ -126,12 +122,16 @@ def report(rows, quick):
     def median(values):
         return statistics.median(values)
 
+    set_runs = [r["set"] for runs in rows.values() for r in runs if r["set"]]
+    write_seconds = [r["write"]["seconds"] for runs in rows.values() for r in runs]
     lines = ["", "## Against what a user would pick instead: Redis with a replica", "",
              "Debian's `redis-server` (no persistence), alone, with one replica (asynchronous: an acknowledged "
              "write can be lost with the primary), and with `WAIT 1 0` after each write (the reply waits until "
              "the replica has it: what Understudy's output commit gives). Understudy's kv guest in each mode, "
              "driven the same way. *Write* is 16 closed-loop connections each sending a SET (with its WAIT for "
-             "Redis's synchronous variant) and waiting for the reply; *SET* is `redis-benchmark -c 50 -t set`; "
+             "Redis's synchronous variant) and waiting for the reply, for "
+             f"{min(write_seconds):.2f}–{max(write_seconds):.2f} s per run; *SET* is `redis-benchmark -c 50 -t set` "
+             f"({run_lengths(set_runs)}); "
              "*round trip* is one connection, one write at a time. The protection cost is protected ÷ unprotected "
              "for the same server: Redis against Redis alone, Understudy against Understudy `none`.", "",
              "| server | variant | SET req/s (redis-benchmark) | write req/s | write p50 / p99 ms | round trip p50 / p99 ms | "
@@ -145,10 +145,12 @@ def report(rows, quick):
         rtt = [s for r in runs for s in r["rtt"]]
         base_rtt = [s for r in base for s in r["rtt"]]
         sets = [r["set"]["rps"] for r in runs if r["set"]]
+        kept = ratio(write, base_write, f"{system} {variant}: write req/s of unprotected")
+        slower = ratio(percentile(rtt, 50), percentile(base_rtt, 50), f"{system} {variant}: round trip of unprotected")
         lines.append(
-            f"| {system} | {variant} | {f'{median(sets):,.0f}' if sets else '—'} | {write:,.0f} | "
+            f"| {system} | {variant} | {f'{median(sets):,.0f}' if sets else '— (WAIT is not a redis-benchmark test)'} | "
+            f"{write:,.0f} | "
             f"{median([r['write']['p50'] for r in runs]):.2f} / {median([r['write']['p99'] for r in runs]):.2f} | "
-            f"{percentile(rtt, 50):.3f} / {percentile(rtt, 99):.3f} | {write / base_write:.2f} | "
-            f"{percentile(rtt, 50) / percentile(base_rtt, 50):.2f} |")
+            f"{percentile(rtt, 50):.3f} / {percentile(rtt, 99):.3f} | {kept:.2f} | {slower:.2f} |")
     lines.append("")
     return lines
