@@ -19,7 +19,6 @@ final class BackupReplica: @unchecked Sendable {
 
     let mode: ReplicationMode
     let moduleHash: String
-    private let preparer: ModulePreparer
     private(set) var prepared: PreparedModule?
     private(set) var manifest: RecordingManifest?
     private(set) var state: MachineState?
@@ -37,11 +36,10 @@ final class BackupReplica: @unchecked Sendable {
     /// How many service addresses this backup would take over (its `--listen`).
     let listenerCount: Int
 
-    init(hello: WireMessage.Hello, listenerCount: Int, preparer: ModulePreparer = ModulePreparer()) {
+    init(hello: WireMessage.Hello, listenerCount: Int) {
         mode = hello.mode
         moduleHash = hello.moduleHash
         self.listenerCount = listenerCount
-        self.preparer = preparer
     }
 
     /// True once a consistent checkpoint is applied: there is a machine to promote. Checkpoint 0
@@ -125,6 +123,14 @@ final class BackupReplica: @unchecked Sendable {
 
     private func adopt(module bytes: [UInt8], configuration: [UInt8]) throws(Refusal) {
         guard prepared == nil else { throw Refusal("a second module on one connection") }
+        // The primary sends the module it prepared: its bytes must be the ones the hello named,
+        // checked before anything else is done with them; nothing is run through wasm-opt here.
+        let prepared: PreparedModule
+        do {
+            prepared = try ModulePreparer.adopt(prepared: bytes, hash: moduleHash)
+        } catch {
+            throw Refusal("the module is refused: \(error)")
+        }
         let manifest: RecordingManifest
         do {
             manifest = try JSONDecoder().decode(RecordingManifest.self, from: Data(configuration))
@@ -135,14 +141,8 @@ final class BackupReplica: @unchecked Sendable {
         guard manifest.listenerCount == listenerCount else {
             throw Refusal("the primary's machine listens on \(manifest.listenerCount) addresses; this backup's --listen gives \(listenerCount)")
         }
-        let prepared: PreparedModule
-        do {
-            prepared = try preparer.prepare(bytes: bytes)
-        } catch {
-            throw Refusal("the module cannot be prepared: \(error)")
-        }
-        guard prepared.hash == moduleHash, manifest.moduleHash == moduleHash else {
-            throw Refusal("the module prepares to \(prepared.hash), not the \(moduleHash) the hello named")
+        guard manifest.moduleHash == moduleHash else {
+            throw Refusal("the machine's configuration names module \(manifest.moduleHash), not the \(moduleHash) the hello named")
         }
         self.prepared = prepared
         self.manifest = manifest

@@ -38,6 +38,8 @@ public final class BackupService: @unchecked Sendable {
         let replica: BackupReplica
         /// This end refused a message, or the primary said goodbye: not a death.
         var ended: String?
+        /// The highest log position acknowledged on the wire (event loop only).
+        var logAcknowledged: UInt64 = 0
     }
 
     private let logger: Logger
@@ -56,11 +58,16 @@ public final class BackupService: @unchecked Sendable {
     private let listenerCount: Int
     /// Test-only (`--inject-corruption-at-sync`): an `active` follower corrupts its memory there.
     private let corruptAtSync: UInt64?
+    /// Test-only (`--inject-stall-after-seed`): once seeded, handle and acknowledge nothing more,
+    /// while the connection still heartbeats — a backup stuck behind its applier.
+    private let stallAfterSeed: Bool
+    private var stalled = false
 
-    public init(logger: Logger, listenerCount: Int, corruptAtSync: UInt64? = nil) {
+    public init(logger: Logger, listenerCount: Int, corruptAtSync: UInt64? = nil, stallAfterSeed: Bool = false) {
         self.logger = logger
         self.listenerCount = listenerCount
         self.corruptAtSync = corruptAtSync
+        self.stallAfterSeed = stallAfterSeed
         metrics.protected.record(0)
     }
 
@@ -147,6 +154,14 @@ public final class BackupService: @unchecked Sendable {
             lock.withLock { session?.ended = reason }
             return
         }
+        if stallAfterSeed && current.replica.canPromote {
+            let first = lock.withLock { () -> Bool in
+                defer { stalled = true }
+                return !stalled
+            }
+            if first { logger.warning("fault injection: seeded; acknowledging nothing more") }
+            return
+        }
         do {
             let reply = try current.replica.handle(message)
             switch reply {
@@ -160,10 +175,31 @@ public final class BackupService: @unchecked Sendable {
             case .logHeld: metrics.logHeld.record(current.replica.heldEntryCount)
             default: break
             }
-            if let reply { channel.writeAndFlush(reply, promise: nil) }
+            if case .logHeld(let position) = reply {
+                acknowledgeLog(below: position, on: channel)
+            } else if let reply {
+                channel.writeAndFlush(reply, promise: nil)
+            }
         } catch {
             refuse(channel, because: "\(error)")
         }
+    }
+
+    /// Log batches are acknowledged from two threads (the event loop, or the applier queue while
+    /// earlier ones wait there), and a write from the applier reaches the wire only when the
+    /// event loop runs it, possibly after a later batch's: so every acknowledgement is written
+    /// on the event loop, and only if it is ahead of the last one written. The primary takes a
+    /// backwards acknowledgement for a broken backup.
+    private func acknowledgeLog(below position: UInt64, on channel: Channel) {
+        guard channel.eventLoop.inEventLoop else {
+            return channel.eventLoop.execute { [self] in acknowledgeLog(below: position, on: channel) }
+        }
+        let ahead = lock.withLock { () -> Bool in
+            guard session?.channel === channel, let acknowledged = session?.logAcknowledged, position > acknowledged else { return false }
+            session?.logAcknowledged = position
+            return true
+        }
+        if ahead { channel.writeAndFlush(WireMessage.logHeld(position: position), promise: nil) }
     }
 
     /// `active`: the seed is applied; its machine starts following the log.

@@ -39,6 +39,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// `active`: every sync also compares the whole state (tests, diagnosis).
         public var verifySyncs = false
         public var heartbeat: HeartbeatTiming
+        /// A seeded backup that has left an output or a checkpoint unacknowledged this long
+        /// counts as lost, though it heartbeats (a stuck process, a full disk, a stopped child):
+        /// otherwise every reply would wait for it forever.
+        public var ackTimeout: Duration = .milliseconds(500)
         public var reconnectInterval: Duration
 
         public init(
@@ -77,6 +81,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// The log position the stream has reached (llm), for the lag metric; guarded by `lock`.
     private var logSent: UInt64 = 0
     private var timer: DispatchSourceTimer?
+    private var ackWatchdog: DispatchSourceTimer?
     private var connecting: Task<Void, Never>?
 
     /// Shared between the machine's thread and the event loop.
@@ -94,6 +99,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// instead of queueing checkpoints without bound. Pages written meanwhile stay dirty in the
     /// tracker and go with the next one.
     private var unappliedCheckpoints = 0
+    /// Since when the oldest of them has waited (nil when none does), for `ackTimeout`.
+    private var unappliedSince: ContinuousClock.Instant?
+    /// The active backup has applied its seed: from then on `ackTimeout` applies. (A seed of a
+    /// large memory may legitimately take longer to apply than an acknowledgement.)
+    private var seeded = false
 
     // The machine's thread only.
     /// Checkpoints sent on the active connection; in `remus` output waits for `epoch + 1`.
@@ -109,13 +119,15 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     public init(
-        options: Options, prepared: PreparedModule, module: [UInt8], configuration: [UInt8], live: LiveWorld,
+        options: Options, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
         suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
     ) {
         self.options = options
         metrics = ReplicationMetrics(role: "primary", mode: "\(options.mode)")
         self.prepared = prepared
-        moduleMessage = .module(bytes: module, configuration: configuration)
+        // Prepared here, once: the backup checks these bytes against the hello's hash and runs
+        // them as they are (no wasm-opt of its own, so a re-seed costs no preparation).
+        moduleMessage = .module(bytes: prepared.bytes, configuration: configuration)
         self.suspension = suspension
         self.group = group
         self.logger = logger
@@ -153,11 +165,18 @@ public final class PrimaryReplicator: @unchecked Sendable {
         }
         timer.resume()
         self.timer = timer
+        let watchdog = DispatchSource.makeTimerSource(queue: .global())
+        let period = max(Int(options.ackTimeout.nanoseconds) / 4, 1_000_000)
+        watchdog.schedule(deadline: .now() + .nanoseconds(period), repeating: .nanoseconds(period), leeway: .milliseconds(1))
+        watchdog.setEventHandler { [weak self] in self?.checkAcknowledgements() }
+        watchdog.resume()
+        ackWatchdog = watchdog
         connecting = Task.detached { [weak self] in await self?.keepConnected() }
     }
 
     public func stop() {
         timer?.cancel()
+        ackWatchdog?.cancel()
         connecting?.cancel()
         sender.sync {}  // a pre-copy reads guest memory: done before the machine goes away
         let channels = lock.withLock { () -> [Channel] in
@@ -220,10 +239,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 metrics.logLag.record(sent > position ? Int64(sent - position) : 0)
             case .checkpointApplied(let applied):
                 // The seed's two (0 and 1) are not counted: only the mode's stream is paced.
-                if applied >= 2 { lock.withLock { unappliedCheckpoints = max(0, unappliedCheckpoints - 1) } }
+                if applied >= 2 { lock.withLock { checkpointApplied(on: channel) } }
                 if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
                 if applied == 1 {
-                    lock.withLock { refusals = 0 }
+                    lock.withLock {
+                        refusals = 0
+                        if active === channel { seeded = true }
+                    }
                     logger.notice("backup seeded; the machine is protected", metadata: ["mode": "\(options.mode)"])
                     metrics.protected.record(1)
                 }
@@ -278,10 +300,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 // No next sync on this connection: it is refused, and a new seed starts over.
                 return self.refuse(channel, because: "\(error)")
             }
-            self.lock.withLock {
-                // Only while still this connection's: a stale answer must not pace another's syncs.
-                if self.active === channel { self.unappliedCheckpoints = max(0, self.unappliedCheckpoints - 1) }
-            }
+            // Only while still this connection's: a stale answer must not pace another's syncs.
+            self.lock.withLock { self.checkpointApplied(on: channel) }
         }
     }
 
@@ -292,12 +312,41 @@ public final class PrimaryReplicator: @unchecked Sendable {
             guard active === channel else { return false }
             active = nil
             unappliedCheckpoints = 0
+            unappliedSince = nil
+            seeded = false
             return true
         }
         guard wasActive else { return }
         holding.unprotect()
         metrics.protected.record(0)
         logger.warning("backup lost; continuing unprotected", metadata: ["backup": "\(options.backup)"])
+    }
+
+    /// Under `lock`: one checkpoint or sync more awaits the backup.
+    private func checkpointSent() {
+        if unappliedCheckpoints == 0 { unappliedSince = .now }
+        unappliedCheckpoints += 1
+    }
+
+    /// Under `lock`: the backup on `channel` applied (or answered) the oldest one.
+    private func checkpointApplied(on channel: Channel) {
+        guard active === channel else { return }
+        unappliedCheckpoints = max(0, unappliedCheckpoints - 1)
+        unappliedSince = unappliedCheckpoints == 0 ? nil : .now
+    }
+
+    /// The watchdog: a seeded backup that leaves output or a checkpoint waiting past
+    /// `ackTimeout` is given up, as if it had fallen silent.
+    private func checkAcknowledgements() {
+        guard let (channel, checkpointWaiting) = lock.withLock({ () -> (Channel, ContinuousClock.Instant?)? in
+            guard seeded, let active else { return nil }
+            return (active, unappliedSince)
+        }) else { return }
+        guard let waiting = [holding.oldestHeldSince, checkpointWaiting].compactMap({ $0 }).min() else { return }
+        let waited = ContinuousClock.now - waiting
+        guard waited > options.ackTimeout else { return }
+        lock.withLock { if active === channel { seeded = false } }  // one verdict per connection
+        refuse(channel, because: "the backup acknowledged nothing for \(waited.milliseconds) ms (--ack-timeout \(options.ackTimeout.milliseconds) ms)")
     }
 
     // MARK: The machine's thread
@@ -432,7 +481,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         epoch += 1
         logBytesSinceCheckpoint = 0
         let sent = epoch
-        lock.withLock { unappliedCheckpoints += 1 }
+        lock.withLock { checkpointSent() }
         metrics.capture.recordNanoseconds((ContinuousClock.now - began).nanoseconds)
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
@@ -471,7 +520,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         }
         epoch += 1
         let sync = epoch
-        lock.withLock { unappliedCheckpoints += 1 }
+        lock.withLock { checkpointSent() }
         let message = WireMessage.syncPoint(
             SyncPoint(
                 sync: sync, position: position, dirtyPages: UInt32(dirty.count), digest: digest,

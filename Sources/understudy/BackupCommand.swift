@@ -37,6 +37,9 @@ struct BackupCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Test only: corrupt this backup's memory at active sync N, before comparing.", visibility: .hidden))
     var injectCorruptionAtSync: UInt64?
 
+    @Flag(name: .long, help: ArgumentHelp("Test only: once seeded, acknowledge nothing more (while still heartbeating).", visibility: .hidden))
+    var injectStallAfterSeed = false
+
     @OptionGroup var metrics: MetricsOption
 
     @OptionGroup var logging: LoggingOptions
@@ -58,7 +61,7 @@ struct BackupCommand: ParsableCommand {
         do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let service = BackupService(logger: logger, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync)
+        let service = BackupService(logger: logger, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync, stallAfterSeed: injectStallAfterSeed)
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {

@@ -53,6 +53,9 @@ struct PrimaryCommand: ParsableCommand {
     @Flag(name: .long, help: "active: check at every sync that the backup's whole state equals the primary's (a pass over memory on each side; for tests and diagnosis).")
     var verifySyncs = false
 
+    @Option(name: .long, help: "A seeded backup that leaves an output or a checkpoint unacknowledged this long counts as lost, though it heartbeats: the primary releases what it held and serves on unprotected (default 500ms).")
+    var ackTimeout: DurationArgument?
+
     @OptionGroup var heartbeat: HeartbeatOptions
 
     @OptionGroup var metrics: MetricsOption
@@ -77,7 +80,11 @@ struct PrimaryCommand: ParsableCommand {
     }
 
     private func backupAddress() throws -> ServiceAddress {
-        do { return try ServiceAddress(parsing: backup) } catch { throw ValidationError("--backup \(error)") }
+        let address: ServiceAddress
+        do { address = try ServiceAddress(parsing: backup) } catch { throw ValidationError("--backup \(error)") }
+        // Port 0 names no backup: the primary would try it forever and serve unprotected.
+        guard address.port != 0 else { throw ValidationError("--backup \(backup) names no port (0): give the backup's --replication address") }
+        return address
     }
 
     func run() throws {
@@ -87,7 +94,6 @@ struct PrimaryCommand: ParsableCommand {
             let endpoint = try metrics.address().map(MetricsEndpoint.init(address:))
             defer { endpoint?.close() }
             let prepared = try ModulePreparer().prepare(path: module)
-            let moduleBytes = Array(try Data(contentsOf: URL(fileURLWithPath: module)))
             let name = URL(fileURLWithPath: module).lastPathComponent
             let configuration = guest.configuration(module: module, listenerCount: addresses.count)
             let manifest = RecordingManifest(
@@ -102,8 +108,9 @@ struct PrimaryCommand: ParsableCommand {
             if let syncEvery { options.syncInterval = syncEvery.duration }
             if let blockSize { options.blockSize = blockSize }
             options.verifySyncs = verifySyncs
+            if let ackTimeout { options.ackTimeout = ackTimeout.duration }
             let replicator = PrimaryReplicator(
-                options: options, prepared: prepared, module: moduleBytes, configuration: Array(try JSONEncoder().encode(manifest)),
+                options: options, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)
             let machine = try Machine(prepared: prepared, world: replicator.world, suspension: suspension, configuration: configuration)
             replicator.start(machine)

@@ -71,4 +71,20 @@ final class ErrorTests: XCTestCase {
         XCTAssertEqual(badEnv.status, 64)
         XCTAssertTrue(badEnv.stderr.contains("is not KEY=VALUE"), badEnv.stderr)
     }
+
+    /// A primary told its backup is at port 0 would try it forever, unprotected: refused at once.
+    func testABackupAtPortZeroIsRefused() throws {
+        let outcome = try understudy(["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:0", "--mode", "llm"])
+        XCTAssertEqual(outcome.status, 64)
+        XCTAssertTrue(outcome.stderr.contains("--backup 127.0.0.1:0 names no port (0)"), outcome.stderr)
+    }
+
+    /// A replication address this host does not have is named in one line with the system's reason.
+    func testAReplicationAddressThatCannotBeBoundIsNamed() throws {
+        let outcome = try Harness.understudy(["backup", "--replication", "192.0.2.1:17000"], timeoutSeconds: 30)
+        XCTAssertEqual(outcome.status, 1)
+        XCTAssertEqual(
+            outcome.stderr.split(separator: "\n").last.map(String.init),
+            "understudy: cannot listen for a primary on 192.0.2.1:17000: Cannot assign requested address", outcome.stderr)
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import UnderstudyCore
 import UnderstudyReplication
 import XCTest
 
@@ -45,7 +46,63 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
     }
 
+    /// A backup that heartbeats but acknowledges nothing would hold every reply forever; once
+    /// `--ack-timeout` has passed the primary counts it lost and answers (in both modes that
+    /// wait on different acknowledgements: checkpoints in remus, the log in llm).
+    func testABackupThatStopsAcknowledgingIsGivenUpAfterTheAckTimeout() throws {
+        for mode in ["remus", "llm"] {
+            let pair = try ProtectedPair("kv", mode: mode, primaryOptions: ["--ack-timeout", "300ms"], backupOptions: ["--inject-stall-after-seed"])
+            defer { pair.stop() }
+            try pair.backup.waitFor("fault injection: seeded; acknowledging nothing more")
+            // redis-cli gives up after the harness's 30 s: a reply held for the backup fails here.
+            XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "1", mode)
+            try pair.primary.waitFor("the backup acknowledged nothing for")
+            try pair.primary.waitFor("backup lost; continuing unprotected")
+            XCTAssertTrue(pair.backup.process.isRunning, "\(mode): the backup is alive, only stuck")
+        }
+    }
+
     // MARK: Bad peers
+
+    /// A peer not yet welcomed may send a hello and nothing larger: a header declaring a 1 GiB
+    /// frame is refused on the header, before a byte of it is kept; a crowd of idle connections
+    /// is capped and timed out. Meanwhile the real primary stays protected and nobody takes over.
+    func testAFloodAndACrowdAreRefusedWhileTheMachineStaysProtected() throws {
+        let backupMetrics = Harness.freePort()
+        let pair = try ProtectedPair("kv", mode: "llm", backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
+        defer { pair.stop() }
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+        let residentBefore = try residentBytes(pair.backup.process.processIdentifier)
+
+        var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(13))
+        withUnsafeBytes(of: UInt32(1 << 30).littleEndian) { header.replaceSubrange(9..<13, with: $0) }
+        withUnsafeBytes(of: CRC32C.checksum(header).littleEndian) { header.append(contentsOf: $0) }
+        let flood = try WirePeer(port: pair.replicationPort)
+        try flood.send(header)
+        let chunk = [UInt8](repeating: 0x5a, count: 1 << 20)
+        var sent = 0
+        while sent < 256, (try? flood.send(chunk)) != nil { sent += 1 }
+        XCTAssertLessThan(sent, 256, "the backup kept reading a frame it should have refused on its header")
+        try pair.backup.waitFor("exceeds the limit of 4096")
+
+        let crowd = try (0..<40).map { _ in try WirePeer(port: pair.replicationPort) }
+        try pair.backup.waitFor("refusing a replication connection: too many open")
+        crowd.forEach { $0.close() }
+
+        XCTAssertLessThan(try residentBytes(pair.backup.process.processIdentifier) - residentBefore, 64 << 20, "the backup buffered the flood")
+        XCTAssertEqual(try MetricsScrape(port: backupMetrics).value("understudy_protected"), 1)
+        XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
+        XCTAssertFalse(pair.backup.output.contains("taking over"), pair.backup.output)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+    }
+
+    private func residentBytes(_ pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }, status)
+        return try XCTUnwrap(Int(line.split(separator: " ").dropFirst().first ?? ""), String(line)) * 1024
+    }
 
     func testGarbageAndSecondPrimariesAreRefusedWhileTheMachineStaysProtected() throws {
         let pair = try ProtectedPair("kv", mode: "llm")
@@ -74,7 +131,9 @@ final class ReplicationPeerTests: XCTestCase {
 
     func testWrongModuleAndCutCheckpointAreRefusedAndTheBackupStillProtectsARealPrimary() throws {
         let module = try Harness.guest("kv")
-        let moduleBytes = Array(try Data(contentsOf: URL(fileURLWithPath: module)))
+        // A real checkpoint (recorded by `run --record`) and the module as that run prepared it.
+        let (checkpoint, realHash) = try recordedCheckpoint()
+        let moduleBytes = try preparedModule(hash: realHash)
         let servicePort = Harness.freePort()
         let replicationPort = Harness.freePort()
         let backup = try ProtectedPair.startBackup(replicationPort: replicationPort, servicePort: servicePort)
@@ -90,13 +149,10 @@ final class ReplicationPeerTests: XCTestCase {
         try liar.send(.module(bytes: moduleBytes, configuration: configuration(String(repeating: "a", count: 64))))
         let answer = try liar.receive()
         guard case .refusal(let moduleReason) = answer else { return XCTFail("a wrong module was not refused: \(String(describing: answer))\n\(backup.output)") }
-        let realHash = try XCTUnwrap(
-            moduleReason.split(whereSeparator: { $0 == " " || $0 == "," }).first { $0.count == 64 && $0 != String(repeating: "a", count: 64) },
-            moduleReason)
+        XCTAssertTrue(moduleReason.contains("SHA-256 is \(realHash)"), moduleReason)
         try backup.waitFor("refusing the primary's session")
 
-        // The right module, then a checkpoint cut short (a real one, recorded by `run --record`).
-        let checkpoint = try recordedCheckpoint()
+        // The right module, then a checkpoint cut short.
         let cutter = try WirePeer(port: replicationPort)
         try cutter.send(.hello(.init(mode: .llm, moduleHash: String(realHash))))
         XCTAssertEqual(try cutter.receive(), .welcome)
@@ -168,8 +224,18 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertTrue(backup.process.isRunning, "the backup should wait for its primary to return:\n\(backup.output)")
     }
 
-    /// The bytes of checkpoint 1 of a short recording of kv.
-    private func recordedCheckpoint() throws -> [UInt8] {
+    /// The module the harness's cache holds for `hash` (an entry is the module and its digest).
+    private func preparedModule(hash: String) throws -> [UInt8] {
+        let cache = URL(fileURLWithPath: Harness.cache)
+        let digests = try FileManager.default.contentsOfDirectory(atPath: cache.path).filter { $0.hasSuffix(".wasm.sha256") }
+        let entry = try XCTUnwrap(
+            digests.first { (try? String(contentsOf: cache.appendingPathComponent($0), encoding: .utf8)) == hash },
+            "no prepared module \(hash) in \(cache.path)")
+        return Array(try Data(contentsOf: cache.appendingPathComponent(String(entry.dropLast(".sha256".count)))))
+    }
+
+    /// The bytes of checkpoint 1 of a short recording of kv, and the hash of the module it ran.
+    private func recordedCheckpoint() throws -> ([UInt8], String) {
         let directory = Harness.scratch("understudy-cut")
         let served = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
         let file = directory.appendingPathComponent("checkpoint-000001.ckpt")
@@ -177,7 +243,9 @@ final class ReplicationPeerTests: XCTestCase {
             FileManager.default.fileExists(atPath: directory.appendingPathComponent("checkpoint-000002.ckpt").path)
         }
         served.stop()
-        return Array(try Data(contentsOf: file))
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: directory.appendingPathComponent("manifest.json")))
+        let hash = try XCTUnwrap((manifest as? [String: Any])?["moduleHash"] as? String, "manifest.json names no moduleHash")
+        return (Array(try Data(contentsOf: file)), hash)
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import WAT
+import UnderstudyCore
 import WasmKit
 import XCTest
 
@@ -67,6 +68,46 @@ final class ModulePreparationTests: XCTestCase {
         let again = try Fixtures.guest("echo")
         XCTAssertEqual(first.hash, again.hash)
         XCTAssertEqual(first.hash.count, 64)
+    }
+
+    /// A prepared module is kept: a second preparation with no wasm-opt at all is served from the
+    /// cache. A damaged entry (a flipped byte, a missing digest) is noticed and prepared again.
+    func testCacheKeepsPreparedModulesAndRebuildsDamagedOnes() throws {
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cache-test-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: cache) }
+        let original = Array(try Data(contentsOf: Fixtures.guests.appendingPathComponent("echo.wasm")))
+        let first = try ModulePreparer(cacheDirectory: cache).prepare(bytes: original)
+        let entries = try FileManager.default.contentsOfDirectory(atPath: cache.path).sorted()
+        XCTAssertEqual(entries.count, 2, "the module and its digest, no temporary left: \(entries)")
+        let withoutWasmOpt = ModulePreparer(cacheDirectory: cache, wasmOptPath: "/nonexistent/wasm-opt")
+        XCTAssertEqual(try withoutWasmOpt.prepare(bytes: original).hash, first.hash, "served from the cache")
+
+        let entry = cache.appendingPathComponent(try XCTUnwrap(entries.first { $0.hasSuffix(".wasm") }))
+        var damaged = first.bytes
+        damaged[damaged.count / 2] ^= 0x40
+        try Data(damaged).write(to: entry)
+        XCTAssertThrowsError(try withoutWasmOpt.prepare(bytes: original), "a damaged entry must not be served") { error in
+            XCTAssertTrue("\(error)".contains("wasm-opt"), "\(error)")
+        }
+        XCTAssertEqual(try ModulePreparer(cacheDirectory: cache).prepare(bytes: original).hash, first.hash, "prepared again")
+        XCTAssertEqual(Array(try Data(contentsOf: entry)), first.bytes, "and the entry rewritten")
+        try FileManager.default.removeItem(at: ModulePreparer.digestURL(of: entry))
+        XCTAssertThrowsError(try withoutWasmOpt.prepare(bytes: original), "an entry without its digest is a miss")
+    }
+
+    /// The backup's way in: bytes are checked against the named hash before anything else, and
+    /// must be a prepared module.
+    func testAdoptingAPreparedModuleChecksItsHashFirst() throws {
+        let prepared = try Fixtures.guest("echo")
+        XCTAssertEqual(try ModulePreparer.adopt(prepared: prepared.bytes, hash: prepared.hash).hash, prepared.hash)
+        let other = String(repeating: "ab", count: 32)
+        XCTAssertThrowsError(try ModulePreparer.adopt(prepared: [0, 1, 2], hash: other)) { error in
+            XCTAssertEqual(error as? ModulePreparationError, .hashMismatch(expected: other, found: SHA256.hex(of: [0, 1, 2])))
+        }
+        let original = Array(try Data(contentsOf: Fixtures.guests.appendingPathComponent("echo.wasm")))
+        XCTAssertThrowsError(try ModulePreparer.adopt(prepared: original, hash: SHA256.hex(of: original))) { error in
+            XCTAssertEqual("\(error)", "the module is not a prepared module: it does not export asyncify_start_unwind")
+        }
     }
 
     func testTruncatedBinaryIsReportedNotCrashed() {

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import UnderstudyCore
 import WasmKit
 
@@ -19,6 +22,8 @@ public enum ModulePreparationError: Error, CustomStringConvertible, Equatable {
     case missingExport(String)
     case asyncifyUnavailable(String)
     case asyncifyFailed(String)
+    case hashMismatch(expected: String, found: String)
+    case notPrepared(String)
 
     public var description: String {
         switch self {
@@ -29,6 +34,8 @@ public enum ModulePreparationError: Error, CustomStringConvertible, Equatable {
         case .missingExport(let name): return "the guest does not export \(name) (is it a WASI command module?)"
         case .asyncifyUnavailable(let reason): return "cannot prepare the module: \(reason)"
         case .asyncifyFailed(let reason): return "Asyncify (wasm-opt) failed: \(reason)"
+        case .hashMismatch(let expected, let found): return "the module's SHA-256 is \(found), not the \(expected) expected"
+        case .notPrepared(let reason): return "the module is not a prepared module: \(reason)"
         }
     }
 }
@@ -67,11 +74,7 @@ public struct ModulePreparer {
         // would run on in the unwinding state.
         let key = SHA256.hex(of: Array((Self.preparationVersion + blocking.sorted().joined(separator: ",")).utf8) + original)
         let cached = cacheDirectory.appendingPathComponent("\(key).wasm")
-        if let bytes = try? Array(Data(contentsOf: cached)), let module = try? parseWasm(bytes: bytes),
-            module.exports.contains(where: { $0.name == "asyncify_start_unwind" })
-        {
-            return PreparedModule(hash: SHA256.hex(of: bytes), bytes: bytes, module: module)
-        }
+        if let hit = cachedModule(at: cached) { return hit }
 
         let asyncified = try asyncify(original, imports: blocking)
         let prepared: [UInt8]
@@ -140,16 +143,61 @@ public struct ModulePreparer {
         }
     }
 
-    /// Write-then-rename, so a concurrent reader never sees half a module. A cache that cannot be
-    /// written only costs the next start another wasm-opt run.
+    /// A module prepared elsewhere (the primary's, sent to its backup), taken only if its bytes
+    /// are the ones `hash` names, checked before anything else is done with them; then it must
+    /// be a module this preparer could have made. No wasm-opt runs.
+    public static func adopt(prepared bytes: [UInt8], hash expected: String) throws(ModulePreparationError) -> PreparedModule {
+        let found = SHA256.hex(of: bytes)
+        guard found == expected else { throw .hashMismatch(expected: expected, found: found) }
+        let module = try parse(bytes)
+        try checkInterface(module)
+        try checkPrepared(module)
+        return PreparedModule(hash: found, bytes: bytes, module: module)
+    }
+
+    static func checkPrepared(_ module: Module) throws(ModulePreparationError) {
+        let exports = Set(module.exports.map(\.name))
+        for name in ["asyncify_start_unwind", "asyncify_stop_unwind", "asyncify_start_rewind", "asyncify_stop_rewind"]
+        where !exports.contains(name) {
+            throw .notPrepared("it does not export \(name)")
+        }
+    }
+
+    /// A cache entry is the prepared module and, beside it, the SHA-256 of its bytes: an entry
+    /// whose digest is missing or does not match (a torn or damaged file) is a miss, and is
+    /// prepared and written again.
+    private func cachedModule(at url: URL) -> PreparedModule? {
+        guard let bytes = try? Array(Data(contentsOf: url)),
+            let digest = try? String(contentsOf: Self.digestURL(of: url), encoding: .utf8),
+            let prepared = try? Self.adopt(prepared: bytes, hash: digest.trimmingCharacters(in: .whitespacesAndNewlines))
+        else { return nil }
+        return prepared
+    }
+
+    static func digestURL(of url: URL) -> URL { url.appendingPathExtension("sha256") }
+
+    /// The module, then its digest, each written whole and renamed into place (rename(2) is
+    /// atomic and replaces what is there), so a reader sees an old entry, a new one, or a miss.
+    /// A cache that cannot be written only costs the next start another wasm-opt run.
     private func store(_ bytes: [UInt8], at url: URL) {
-        let temporary = url.appendingPathExtension("tmp\(ProcessInfo.processInfo.processIdentifier)")
         do {
             try FileManager.default.createDirectory(at: cacheDirectory, withIntermediateDirectories: true)
+            try Self.writeReplacing(url, bytes)
+            try Self.writeReplacing(Self.digestURL(of: url), Array(SHA256.hex(of: bytes).utf8))
+        } catch {
+            return
+        }
+    }
+
+    private static func writeReplacing(_ url: URL, _ bytes: [UInt8]) throws {
+        let temporary = url.deletingLastPathComponent()
+            .appendingPathComponent(".\(url.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).tmp")
+        do {
             try Data(bytes).write(to: temporary)
-            _ = try FileManager.default.replaceItemAt(url, withItemAt: temporary)
+            guard rename(temporary.path, url.path) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         } catch {
             try? FileManager.default.removeItem(at: temporary)
+            throw error
         }
     }
 

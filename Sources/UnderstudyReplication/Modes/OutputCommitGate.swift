@@ -26,6 +26,8 @@ public struct OutputCommitGate<Output> {
     public var heldCount: Int { held.count - head }
     /// The position the oldest held output waits for (for the hold-time metric).
     public var oldestWaitingFor: UInt64? { head < held.count ? held[head].position : nil }
+    /// The oldest output still held.
+    public var oldest: Output? { head < held.count ? held[head].output : nil }
 
     /// Holds `output` until every position up to and including `position` is acknowledged, or
     /// hands it straight back when that is already so.

@@ -69,6 +69,8 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
 
     public var isProtected: Bool { withShared { $0.protected } }
     public var heldCount: Int { withShared { $0.gate.heldCount } }
+    /// Since when the oldest held output has waited for the backup; nil when nothing waits.
+    public var oldestHeldSince: ContinuousClock.Instant? { withShared { $0.gate.oldest?.since } }
 
     /// From now on outputs wait for the backup. Every position below `acknowledged` counts as
     /// acknowledged already (what the backup holds from its seed).

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -33,10 +37,18 @@ public final class ReplicationListener: Sendable {
         onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in },
         onClose: @escaping @Sendable (Channel) -> Void = { _ in }
     ) async throws -> ReplicationListener {
-        let channel = try await ServerBootstrap(group: group)
+        let open = OpenConnections()
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { child in
-                child.eventLoop.makeCompletedFuture {
+                guard open.admit() else {
+                    logger.warning(
+                        "refusing a replication connection: too many open",
+                        metadata: ["peer": "\(child.remoteAddress.map { "\($0)" } ?? "?")", "open": "\(OpenConnections.limit)"])
+                    return child.close()
+                }
+                child.closeFuture.whenComplete { _ in open.release() }
+                return child.eventLoop.makeCompletedFuture {
                     try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
                     try child.pipeline.syncOperations.addHandler(
                         HeartbeatHandler(timing: heartbeat, logger: logger))
@@ -44,7 +56,12 @@ public final class ReplicationListener: Sendable {
                         BackupHandshakeHandler(logger: logger, admit: admit, onMessage: onMessage, onClose: onClose))
                 }
             }
-            .bind(host: address.host, port: Int(address.port)).get()
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: address.host, port: Int(address.port)).get()
+        } catch let error as IOError {
+            throw ReplicationBindError(address: address, reason: String(cString: strerror(error.errnoCode)))
+        }
         guard let local = channel.localAddress else { throw ChannelError.unknownLocalAddress }
         return ReplicationListener(channel: channel, localAddress: local)
     }
@@ -55,6 +72,32 @@ public final class ReplicationListener: Sendable {
     }
 
     public func close() async throws { try await channel.close() }
+}
+
+/// Connections a listener holds at once. One primary is served at a time; the rest are peers
+/// waiting for their handshake, each closed by the heartbeat timeout if it says nothing, so a
+/// small number is plenty and a stranger opening thousands costs a log line each, not memory.
+final class OpenConnections: @unchecked Sendable {
+    static let limit = 16
+    private let lock = NSLock()
+    private var count = 0
+
+    func admit() -> Bool {
+        lock.withLock {
+            guard count < Self.limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func release() { lock.withLock { count -= 1 } }
+}
+
+/// The replication address could not be bound, named with the system's reason.
+public struct ReplicationBindError: Error, CustomStringConvertible {
+    public let address: ServiceAddress
+    public let reason: String
+    public var description: String { "cannot listen for a primary on \(address): \(reason)" }
 }
 
 /// Answers the first message of a connection; passes the rest on once welcomed.
@@ -90,6 +133,7 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
         guard case .hello(let hello) = message else { return refuse("expected a hello, got \(message.kind)", context) }
         if let reason = Handshake.refusal(of: hello) ?? admit(hello, context.channel) { return refuse(reason, context) }
         welcomed = true
+        context.triggerUserOutboundEvent(WireHandshakeDone(), promise: nil)
         logger.notice(
             "primary connected",
             metadata: ["mode": "\(hello.mode)", "module": "\(hello.moduleHash.prefix(16))"])
@@ -154,7 +198,9 @@ final class PrimaryHandshakeHandler: ChannelInboundHandler {
         guard let answer else { return context.fireChannelRead(data) }
         self.answer = nil
         switch unwrapInboundIn(data) {
-        case .welcome: answer.succeed()
+        case .welcome:
+            context.triggerUserOutboundEvent(WireHandshakeDone(), promise: nil)
+            answer.succeed()
         case .refusal(let reason): answer.fail(ReplicationConnectError.refused(reason))
         case let other: answer.fail(ReplicationConnectError.refused("expected welcome, got \(other.kind)"))
         }

@@ -14,9 +14,17 @@ final class WireFrameHandler: ChannelDuplexHandler {
     private var encoder = WireEncoder()
     private let logger: Logger
 
-    init(logger: Logger, maximumPayload: Int = Int(UInt32.max)) {
+    /// Starts at the handshake's bound; `WireHandshakeDone`, sent down the pipeline by the
+    /// handshake handler, raises it to the stream's.
+    init(logger: Logger, maximumPayload: Int = WireLimits.handshakePayloadMax) {
         self.logger = logger
         decoder = WireDecoder(maximumPayload: maximumPayload)
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is WireHandshakeDone else { return context.triggerUserOutboundEvent(event, promise: promise) }
+        decoder.maximumPayload = WireLimits.streamPayloadMax
+        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -47,3 +55,6 @@ final class WireFrameHandler: ChannelDuplexHandler {
 
 /// Fired up the pipeline whenever bytes arrive, before any frame they complete.
 struct WireBytesArrived {}
+
+/// Sent down the pipeline once the peer is welcomed: frames may now be as large as the stream's.
+struct WireHandshakeDone {}

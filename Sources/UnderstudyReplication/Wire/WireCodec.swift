@@ -4,8 +4,17 @@ import UnderstudyCore
 /// payload | payload CRC-32C`. The header has its own checksum so that a damaged length is caught
 /// before the receiver waits for bytes that will never come. Sequence numbers count the frames
 /// one side has sent, from 0, so a lost, repeated or reordered frame is caught where it arrives.
+/// What a frame may carry before the handshake is done: a hello, a welcome, a refusal. A peer
+/// that has not been welcomed cannot make the other side buffer more than this.
+public enum WireLimits {
+    public static let handshakePayloadMax = 4096
+    /// After the handshake: what the 32-bit length can say (a seed of a 4 GiB memory).
+    public static let streamPayloadMax = Int(UInt32.max)
+}
+
 public enum WireCodec {
-    public static let protocolVersion: UInt16 = 3
+    /// 4: the module message carries the primary's prepared module, not the original.
+    public static let protocolVersion: UInt16 = 4
     static let headerBytes = 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
@@ -205,8 +214,9 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
 /// throws, and the decoder then refuses everything: the connection is to be closed, and nothing
 /// decoded after the damage is ever handed on.
 public struct WireDecoder: Sendable {
-    /// Bounds what one frame can make the receiver buffer.
-    public let maximumPayload: Int
+    /// Bounds what one frame can make the receiver buffer; checked on the header, before any of
+    /// the payload is kept. The connection raises it once the handshake is done.
+    public var maximumPayload: Int
     private var buffered: [UInt8] = []
     private var expected: UInt64 = 0
     private var failure: WireError?

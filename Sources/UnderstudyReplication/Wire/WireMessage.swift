@@ -8,8 +8,8 @@ public enum WireMessage: Equatable, Sendable {
     case welcome
     /// Either side, last: why the connection is being closed.
     case refusal(String)
-    /// Primary → backup: the guest as given, which the backup prepares and checks against the
-    /// hello's hash, and how the machine is configured (arguments, environment, listeners: the
+    /// Primary → backup: the guest as the primary prepared it, whose SHA-256 the backup checks
+    /// against the hello's before using it, and how the machine is configured (arguments, environment, listeners: the
     /// recording manifest's JSON, opaque here).
     case module(bytes: [UInt8], configuration: [UInt8])
     /// Primary → backup: one encoded checkpoint, for `epoch`.

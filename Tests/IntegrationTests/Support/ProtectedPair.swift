@@ -10,9 +10,10 @@ final class UnderstudyProcess {
     var process: Process { child.process }
     var output: String { child.output }
 
-    init(_ role: String, _ arguments: [String]) throws {
+    init(_ role: String, _ arguments: [String], environment: [String: String] = [:]) throws {
         self.role = role
-        child = try ChildProcess(try Harness.binary(), arguments, environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        child = try ChildProcess(
+            try Harness.binary(), arguments, environment: environment.merging(["UNDERSTUDY_CACHE": Harness.cache]) { $1 })
     }
 
     func kill() { child.kill() }
@@ -50,8 +51,11 @@ final class ProtectedPair {
     }
 
     static func startBackup(replicationPort: UInt16, servicePort: UInt16, options: [String] = []) throws -> UnderstudyProcess {
+        // Every backup runs without wasm-opt: it runs the module its primary prepared, so neither
+        // a first seed nor a re-seed may depend on preparing anything.
         let backup = try UnderstudyProcess(
-            "backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)"] + options)
+            "backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)"] + options,
+            environment: ["UNDERSTUDY_WASM_OPT": "/nonexistent/wasm-opt"])
         try backup.waitFor("waiting for a primary")
         return backup
     }
