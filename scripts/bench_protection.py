@@ -37,12 +37,14 @@ class Protected:
         if mode == "none":
             self.primary = self._start([bin_path, "run", module, *listen, *options, "--", *guest_arguments])
         else:
+            # Plain TCP, as every figure in BENCHMARKS.md so far was measured; what mutual TLS costs
+            # is not yet in the report.
             self.backup = self._start([bin_path, "backup", "--replication", f"127.0.0.1:{self.replication}",
-                                       "--listen", f"127.0.0.1:{self.port}",
+                                       "--listen", f"127.0.0.1:{self.port}", "--insecure-replication",
                                        "--metrics", f"127.0.0.1:{self.backup_metrics_port}", *backup_options])
             wait_for(lambda: "waiting for a primary" in self._log(1), 60, "the backup")
             self.primary = self._start([bin_path, "primary", module, *listen, "--backup",
-                                        f"127.0.0.1:{self.replication}", "--mode", mode, *options,
+                                        f"127.0.0.1:{self.replication}", "--mode", mode, "--insecure-replication", *options,
                                         "--", *guest_arguments])
             wait_for(lambda: "the machine is protected" in self._log(2), 120, "protection")
         wait_for(lambda: answers(self.port), 60, "the service")

@@ -20,12 +20,17 @@ port=${PORT:-6379}
 if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then port=$(free_port); fi
 recording=$(mktemp -d /tmp/understudy-demo-XXXXXX)
 rmdir "$recording"
+# The replication channel is mutual TLS: a throwaway authority and certificate, made here.
+certificates=$(mktemp -d /tmp/understudy-demo-certs-XXXXXX)
+scripts/certs.sh "$certificates"
+tls=(--tls-cert "$certificates/node.pem" --tls-key "$certificates/node.key" --tls-ca "$certificates/ca.pem")
 servers=()
 stop_servers() {
     for pid in "${servers[@]}"; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    rm -rf "$certificates"
 }
 trap stop_servers EXIT
 
@@ -54,13 +59,13 @@ failover() {
     replication=$(free_port)
     echo
     echo "=== failover, mode $mode"
-    echo "== understudy backup --replication 127.0.0.1:$replication --listen 127.0.0.1:$port"
-    "$bin" backup --replication "127.0.0.1:$replication" --listen "127.0.0.1:$port" &
+    echo "== understudy backup --replication 127.0.0.1:$replication --listen 127.0.0.1:$port \$tls"
+    "$bin" backup --replication "127.0.0.1:$replication" --listen "127.0.0.1:$port" "${tls[@]}" &
     local backup=$!
     servers+=($backup)
     sleep 0.3
-    echo "== understudy primary guests/build/kv.wasm --listen 127.0.0.1:$port --backup 127.0.0.1:$replication --mode $mode $*"
-    "$bin" primary guests/build/kv.wasm --listen "127.0.0.1:$port" --backup "127.0.0.1:$replication" --mode "$mode" "$@" &
+    echo "== understudy primary guests/build/kv.wasm --listen 127.0.0.1:$port --backup 127.0.0.1:$replication --mode $mode \$tls $*"
+    "$bin" primary guests/build/kv.wasm --listen "127.0.0.1:$port" --backup "127.0.0.1:$replication" --mode "$mode" "${tls[@]}" "$@" &
     local primary=$!
     servers+=($primary)
     wait_listening "$port"

@@ -95,9 +95,11 @@ public final class BackupService: @unchecked Sendable {
         return try takeover.machine.run()
     }
 
-    public func listen(on address: ServiceAddress, heartbeat: HeartbeatTiming, group: EventLoopGroup) async throws -> SocketAddress {
+    public func listen(
+        on address: ServiceAddress, security: ReplicationSecurity, heartbeat: HeartbeatTiming, group: EventLoopGroup
+    ) async throws -> SocketAddress {
         let listener = try await ReplicationListener.bind(
-            address, group: group, logger: logger, heartbeat: heartbeat,
+            address, security: security, group: group, logger: logger, heartbeat: heartbeat,
             admit: { [self] hello, channel in admit(hello, channel) },
             onMessage: { [self] message, channel in route(message, from: channel) },
             onClose: { [self] channel in applier.async { self.closed(channel) } })
@@ -117,7 +119,11 @@ public final class BackupService: @unchecked Sendable {
     private func admit(_ hello: WireMessage.Hello, _ channel: Channel) -> String? {
         lock.withLock {
             if promotion != nil { return "this backup has taken over its primary's machine" }
-            if let session, session.channel.isActive, session.channel !== channel { return "this backup already protects a primary" }
+            // A session this side has ended (refused, or said goodbye to) protects nobody, though its
+            // close may not have completed yet.
+            if let session, session.channel.isActive, session.ended == nil, session.channel !== channel {
+                return "this backup already protects a primary"
+            }
             // A primary connecting again lived on unprotected: whatever an earlier connection left
             // here is stale, and is dropped.
             session?.replica.follower?.abandon()

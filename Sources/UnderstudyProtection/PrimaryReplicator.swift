@@ -39,6 +39,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// `active`: every sync also compares the whole state (tests, diagnosis).
         public var verifySyncs = false
         public var heartbeat: HeartbeatTiming
+        /// How the connection to the backup is authenticated.
+        public var security: ReplicationSecurity
         /// A seeded backup that has left an output or a checkpoint unacknowledged this long
         /// counts as lost, though it heartbeats (a stuck process, a full disk, a stopped child):
         /// otherwise every reply would wait for it forever.
@@ -46,7 +48,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         public var reconnectInterval: Duration
 
         public init(
-            mode: ReplicationMode, backup: ServiceAddress, epoch: Duration = .milliseconds(25),
+            mode: ReplicationMode, backup: ServiceAddress, security: ReplicationSecurity, epoch: Duration = .milliseconds(25),
             checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
             heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
         ) {
@@ -57,6 +59,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             self.checkpointInterval = checkpointInterval
             self.logBytesPerCheckpoint = logBytesPerCheckpoint
             self.heartbeat = heartbeat
+            self.security = security
             self.reconnectInterval = reconnectInterval
         }
     }
@@ -205,8 +208,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
             if lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
                 do {
                     let channel = try await ReplicationConnector.connect(
-                        to: options.backup, hello: .init(mode: options.mode, moduleHash: prepared.hash), group: group,
-                        logger: logger, heartbeat: options.heartbeat)
+                        to: options.backup, hello: .init(mode: options.mode, moduleHash: prepared.hash),
+                        security: options.security, group: group, logger: logger, heartbeat: options.heartbeat)
                     try await channel.pipeline.addHandler(AcknowledgementHandler(replicator: self)).get()
                     channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
                     channel.writeAndFlush(moduleMessage, promise: nil)

@@ -13,7 +13,9 @@ struct BackupCommand: ParsableCommand {
         commandName: "backup",
         abstract: "Protect a primary's machine, and take over its service when the primary dies.",
         discussion: """
-            Waits for a primary on --replication. The primary sends its module and configuration, \
+            Waits for a primary on --replication (mutual TLS with --tls-cert, --tls-key and --tls-ca, \
+            unless --insecure-replication: a peer without a certificate of that authority is refused \
+            during the TLS handshake). The primary sends its prepared module and configuration, \
             a full checkpoint, then what its mode sends: checkpoints every epoch (remus), the \
             event log and a checkpoint every interval (llm), or the event log and sync points \
             (active: this process runs the machine too, following the log, and the two compare \
@@ -40,6 +42,8 @@ struct BackupCommand: ParsableCommand {
     @Flag(name: .long, help: ArgumentHelp("Test only: once seeded, acknowledge nothing more (while still heartbeating).", visibility: .hidden))
     var injectStallAfterSeed = false
 
+    @OptionGroup var security: ReplicationSecurityOptions
+
     @OptionGroup var metrics: MetricsOption
 
     @OptionGroup var logging: LoggingOptions
@@ -65,7 +69,10 @@ struct BackupCommand: ParsableCommand {
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {
-            let bound = try group.next().makeFutureWithTask { try await service.listen(on: address, heartbeat: timing, group: group) }.wait()
+            let security = try security.security(logger: logger)
+            let bound = try group.next().makeFutureWithTask {
+                try await service.listen(on: address, security: security, heartbeat: timing, group: group)
+            }.wait()
             logger.notice("waiting for a primary", metadata: ["replication": "\(bound)"])
         } catch {
             throw failure(error)
@@ -96,5 +103,38 @@ struct HeartbeatOptions: ParsableArguments {
         let timeout = heartbeatTimeout.map { TimeAmount.nanoseconds($0.duration.nanoseconds) } ?? HeartbeatTiming.standard.timeout
         guard timeout > interval else { throw ValidationError("--heartbeat-timeout must be longer than --heartbeat-interval") }
         return HeartbeatTiming(interval: interval, timeout: timeout)
+    }
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca` or `--insecure-replication`, shared by primary and
+/// backup: the replication channel is authenticated unless the operator says otherwise.
+struct ReplicationSecurityOptions: ParsableArguments {
+    @Option(name: .long, help: "PEM certificate this side presents on the replication channel (mutual TLS; with --tls-key and --tls-ca).")
+    var tlsCert: String?
+
+    @Option(name: .long, help: "PEM private key of --tls-cert.")
+    var tlsKey: String?
+
+    @Option(name: .long, help: "PEM certificate of the authority the peer's certificate must be signed by; a peer without one is refused during the TLS handshake.")
+    var tlsCa: String?
+
+    @Flag(name: .long, help: "Replicate over plain TCP: anyone who reaches the replication address can act as the peer. Only for a pair you trust (or tests of other things).")
+    var insecureReplication = false
+
+    func validate() throws {
+        let given = [tlsCert, tlsKey, tlsCa].compactMap { $0 }.count
+        if insecureReplication && given > 0 { throw ValidationError("--insecure-replication and --tls-cert/--tls-key/--tls-ca exclude each other") }
+        if !insecureReplication && given < 3 {
+            throw ValidationError("the replication channel needs --tls-cert, --tls-key and --tls-ca (or --insecure-replication)")
+        }
+    }
+
+    /// Loads the certificates (a missing or unreadable file is one line naming it).
+    func security(logger: Logger) throws -> ReplicationSecurity {
+        guard let tlsCert, let tlsKey, let tlsCa else {
+            logger.warning("the replication channel is not authenticated (--insecure-replication): anyone who reaches it can act as the peer")
+            return .insecure
+        }
+        return .mutualTLS(try .init(certificate: tlsCert, key: tlsKey, authority: tlsCa))
     }
 }

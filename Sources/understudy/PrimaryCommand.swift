@@ -21,8 +21,10 @@ struct PrimaryCommand: ParsableCommand {
             following the log; every --sync-every both stop at the same log position and compare \
             digests of the pages they wrote, and only blocks that differ are sent. The primary \
             keeps a copy of the memory the backup holds, so that memory travels as the \
-            --block-size blocks that changed. If the backup is lost the primary releases what it held, goes \
-            on unprotected, and seeds the backup again when it can reach it.
+            --block-size blocks that changed. If the backup is lost (silent past --heartbeat-timeout, or \
+            seeded and acknowledging nothing for --ack-timeout) the primary releases what it held, goes \
+            on unprotected, and seeds the backup again when it can reach it. The replication channel \
+            is mutual TLS (--tls-cert, --tls-key, --tls-ca) unless --insecure-replication is given.
             """
     )
 
@@ -57,6 +59,8 @@ struct PrimaryCommand: ParsableCommand {
     var ackTimeout: DurationArgument?
 
     @OptionGroup var heartbeat: HeartbeatOptions
+
+    @OptionGroup var security: ReplicationSecurityOptions
 
     @OptionGroup var metrics: MetricsOption
 
@@ -102,7 +106,8 @@ struct PrimaryCommand: ParsableCommand {
             let suspension = SuspensionRequest()
             let live = try LiveWorld(listening: addresses, suspension: suspension)
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            var options = PrimaryReplicator.Options(mode: mode, backup: try backupAddress(), heartbeat: try heartbeat.timing())
+            var options = PrimaryReplicator.Options(
+                mode: mode, backup: try backupAddress(), security: try security.security(logger: logger), heartbeat: try heartbeat.timing())
             if let epoch { options.epoch = epoch.duration }
             if let checkpointInterval { options.checkpointInterval = checkpointInterval.duration }
             if let syncEvery { options.syncInterval = syncEvery.duration }

@@ -49,7 +49,7 @@ final class ActiveModeTests: XCTestCase {
             (["--mode", "none"], "--mode must be remus, llm or active"),
         ]
         for (options, reason) in cases {
-            let outcome = try Harness.understudy(["primary", kv, "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:2"] + options)
+            let outcome = try Harness.understudy(["primary", kv, "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:2", "--insecure-replication"] + options)
             XCTAssertNotEqual(outcome.status, 0)
             XCTAssertTrue(outcome.stderr.contains(reason), "\(options): \(outcome.stderr)")
         }

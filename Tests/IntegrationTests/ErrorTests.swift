@@ -74,14 +74,38 @@ final class ErrorTests: XCTestCase {
 
     /// A primary told its backup is at port 0 would try it forever, unprotected: refused at once.
     func testABackupAtPortZeroIsRefused() throws {
-        let outcome = try understudy(["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:0", "--mode", "llm"])
+        let outcome = try understudy(["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:0", "--mode", "llm", "--insecure-replication"])
         XCTAssertEqual(outcome.status, 64)
         XCTAssertTrue(outcome.stderr.contains("--backup 127.0.0.1:0 names no port (0)"), outcome.stderr)
     }
 
+    /// The replication channel is authenticated unless the operator says otherwise: without the
+    /// TLS flags (or --insecure-replication) neither side starts, and a certificate that cannot be
+    /// read is named.
+    func testTheReplicationChannelNeedsTLSOrAnExplicitInsecureFlag() throws {
+        let kv = try Harness.guest("kv")
+        let needs = "the replication channel needs --tls-cert, --tls-key and --tls-ca (or --insecure-replication)"
+        for arguments in [
+            ["primary", kv, "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:2", "--mode", "llm"],
+            ["backup", "--replication", "127.0.0.1:2"],
+            ["backup", "--replication", "127.0.0.1:2", "--tls-cert", "a.pem", "--tls-key", "a.key"],
+        ] {
+            let outcome = try understudy(arguments)
+            XCTAssertEqual(outcome.status, 64, "\(arguments)")
+            XCTAssertTrue(outcome.stderr.contains(needs), "\(arguments): \(outcome.stderr)")
+        }
+        let certificates = try Harness.certificates()
+        let missing = try Harness.understudy(
+            ["backup", "--replication", "127.0.0.1:\(Harness.freePort())", "--tls-cert", "/nonexistent/node.pem", "--tls-key",
+             certificates.key(), "--tls-ca", certificates.authority], timeoutSeconds: 30)
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.hasPrefix("understudy: cannot load --tls-cert /nonexistent/node.pem:"), missing.stderr)
+        XCTAssertEqual(missing.stderr.split(separator: "\n").count, 1, missing.stderr)
+    }
+
     /// A replication address this host does not have is named in one line with the system's reason.
     func testAReplicationAddressThatCannotBeBoundIsNamed() throws {
-        let outcome = try Harness.understudy(["backup", "--replication", "192.0.2.1:17000"], timeoutSeconds: 30)
+        let outcome = try Harness.understudy(["backup", "--replication", "192.0.2.1:17000", "--insecure-replication"], timeoutSeconds: 30)
         XCTAssertEqual(outcome.status, 1)
         XCTAssertEqual(
             outcome.stderr.split(separator: "\n").last.map(String.init),

@@ -64,12 +64,47 @@ final class ReplicationPeerTests: XCTestCase {
 
     // MARK: Bad peers
 
+    /// Mutual TLS: a peer that does not speak TLS, and one whose certificate another authority
+    /// signed, are refused during the handshake and logged with their address, before a frame is
+    /// parsed; the real primary stays protected, and a later failover keeps everything.
+    func testPeersWithoutACertificateOfTheAuthorityAreRefusedDuringTheTLSHandshake() throws {
+        let backupMetrics = Harness.freePort()
+        let pair = try ProtectedPair("kv", mode: "llm", backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
+        defer { pair.stop() }
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+
+        let plain = try WirePeer(port: pair.replicationPort)
+        try? plain.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        XCTAssertNil(try? plain.receive() ?? nil, "a peer without TLS got a frame back")
+        try pair.backup.waitFor("refusing a replication peer: TLS handshake failed")
+
+        let certificates = try Harness.certificates()
+        // Its exit status depends on when TLS 1.3 delivers the alert; the backup's log is what counts.
+        _ = try Harness.run(
+            "openssl",
+            [
+                "s_client", "-connect", "127.0.0.1:\(pair.replicationPort)", "-cert", certificates.certificate("stranger"), "-key",
+                certificates.key("stranger"), "-CAfile", certificates.authority, "-tls1_3",
+            ], timeoutSeconds: 30)
+        try pair.backup.waitFor("refusing a replication peer: TLS handshake failed", times: 2)
+        let backup = pair.backup.output
+        XCTAssertTrue(backup.contains("peer=[IPv4]127.0.0.1"), "the refusal names the peer:\n\(backup)")
+        XCTAssertEqual(backup.components(separatedBy: "primary connected").count - 1, 1, "only the real primary said hello:\n\(backup)")
+        XCTAssertFalse(backup.contains("fails its checksum") || backup.contains("refusing a primary"), "a frame was parsed:\n\(backup)")
+
+        XCTAssertEqual(try MetricsScrape(port: backupMetrics).value("understudy_protected"), 1)
+        XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+    }
+
     /// A peer not yet welcomed may send a hello and nothing larger: a header declaring a 1 GiB
     /// frame is refused on the header, before a byte of it is kept; a crowd of idle connections
     /// is capped and timed out. Meanwhile the real primary stays protected and nobody takes over.
     func testAFloodAndACrowdAreRefusedWhileTheMachineStaysProtected() throws {
         let backupMetrics = Harness.freePort()
-        let pair = try ProtectedPair("kv", mode: "llm", backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
+        let pair = try ProtectedPair("kv", mode: "llm", security: .insecure, backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
         defer { pair.stop() }
         XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
         let residentBefore = try residentBytes(pair.backup.process.processIdentifier)
@@ -105,7 +140,7 @@ final class ReplicationPeerTests: XCTestCase {
     }
 
     func testGarbageAndSecondPrimariesAreRefusedWhileTheMachineStaysProtected() throws {
-        let pair = try ProtectedPair("kv", mode: "llm")
+        let pair = try ProtectedPair("kv", mode: "llm", security: .insecure)
         defer { pair.stop() }
         XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
 
@@ -136,7 +171,7 @@ final class ReplicationPeerTests: XCTestCase {
         let moduleBytes = try preparedModule(hash: realHash)
         let servicePort = Harness.freePort()
         let replicationPort = Harness.freePort()
-        let backup = try ProtectedPair.startBackup(replicationPort: replicationPort, servicePort: servicePort)
+        let backup = try ProtectedPair.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: ["--insecure-replication"])
         defer { backup.kill() }
         let configuration = { (hash: String) in
             Array(#"{"version":1,"moduleHash":"\#(hash)","arguments":["kv.wasm"],"environment":[],"listenerCount":1}"#.utf8)
@@ -169,7 +204,10 @@ final class ReplicationPeerTests: XCTestCase {
         // A real primary is still welcome, and protected.
         let primary = try UnderstudyProcess(
             "primary",
-            ["primary", module, "--listen", "127.0.0.1:\(servicePort)", "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm"])
+            [
+                "primary", module, "--listen", "127.0.0.1:\(servicePort)", "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm",
+                "--insecure-replication",
+            ])
         defer { primary.kill() }
         try primary.waitFor("the machine is protected")
         XCTAssertEqual(try redisCLI(servicePort, "SET", "survivor", "yes"), "OK")
@@ -188,7 +226,7 @@ final class ReplicationPeerTests: XCTestCase {
             [
                 "backup", "--replication", "127.0.0.1:\(replicationPort)", "--listen", "127.0.0.1:\(servicePort)", "--listen",
                 "127.0.0.1:\(Harness.freePort())",
-            ])
+            ] + (try Harness.certificates().flags))
         defer { backup.kill() }
         try backup.waitFor("waiting for a primary")
         let primary = try UnderstudyProcess(
@@ -196,7 +234,7 @@ final class ReplicationPeerTests: XCTestCase {
             [
                 "primary", try Harness.guest("kv"), "--listen", "127.0.0.1:\(servicePort)", "--backup", "127.0.0.1:\(replicationPort)",
                 "--mode", "remus",
-            ])
+            ] + (try Harness.certificates().flags))
         defer { primary.kill() }
         try primary.waitFor("this backup's --listen gives 2")
         XCTAssertEqual(try redisCLI(servicePort, "PING"), "PONG", "the primary serves on, unprotected")
@@ -206,15 +244,14 @@ final class ReplicationPeerTests: XCTestCase {
     /// A primary whose guest exits says goodbye: its backup does not take the exit for a death.
     func testAGuestThatExitsEndsProtectionWithoutATakeover() throws {
         let replicationPort = Harness.freePort()
-        let backup = try UnderstudyProcess("backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)"])
+        let backup = try UnderstudyProcess("backup", ["backup", "--replication", "127.0.0.1:\(replicationPort)"] + (try Harness.certificates().flags))
         defer { backup.kill() }
         try backup.waitFor("waiting for a primary")
         let primary = try UnderstudyProcess(
             "primary",
             [
-                "primary", try Harness.guest("pagetouch"), "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm", "--", "16", "100",
-                "600000",
-            ])
+                "primary", try Harness.guest("pagetouch"), "--backup", "127.0.0.1:\(replicationPort)", "--mode", "llm",
+            ] + (try Harness.certificates().flags) + ["--", "16", "100", "600000"])
         defer { primary.kill() }
         try primary.waitFor("the machine is protected")
         XCTAssertEqual(try primary.child.waitForExit(seconds: 120), 0, primary.output)

@@ -51,7 +51,7 @@ final class HandshakeTests: XCTestCase {
         -> (ReplicationListener, ServiceAddress)
     {
         let listener = try await ReplicationListener.bind(
-            try ServiceAddress(parsing: "127.0.0.1:0"), group: group, logger: logger, onMessage: onMessage)
+            try ServiceAddress(parsing: "127.0.0.1:0"), security: .insecure, group: group, logger: logger, onMessage: onMessage)
         return (listener, try ServiceAddress(parsing: "127.0.0.1:\(listener.localAddress.port!)"))
     }
 
@@ -59,7 +59,7 @@ final class HandshakeTests: XCTestCase {
         let arrived = boundedStream(of: WireMessage.self)
         let (listener, address) = try await listener { message, _ in arrived.continuation.yield(message) }
         let channel = try await ReplicationConnector.connect(
-            to: address, hello: .init(mode: .llm, moduleHash: hash), group: group, logger: logger)
+            to: address, hello: .init(mode: .llm, moduleHash: hash), security: .insecure, group: group, logger: logger)
         try await channel.writeAndFlush(WireMessage.logRecords(first: 0, bytes: [1, 2, 3]))
         try await channel.writeAndFlush(WireMessage.heartbeat)
         try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 1))
@@ -81,7 +81,7 @@ final class HandshakeTests: XCTestCase {
         ]
         for (hello, reason) in cases {
             do {
-                _ = try await ReplicationConnector.connect(to: address, hello: hello, group: group, logger: logger)
+                _ = try await ReplicationConnector.connect(to: address, hello: hello, security: .insecure, group: group, logger: logger)
                 XCTFail("\(hello) was welcomed")
             } catch let error as ReplicationConnectError {
                 XCTAssertEqual(error, .refused(reason))
@@ -98,7 +98,7 @@ final class HandshakeTests: XCTestCase {
         // Before the connection exists: the silence the listener measures starts after this.
         let started = ContinuousClock.now
         let listener = try await ReplicationListener.bind(
-            try ServiceAddress(parsing: "127.0.0.1:0"), group: group, logger: logger,
+            try ServiceAddress(parsing: "127.0.0.1:0"), security: .insecure, group: group, logger: logger,
             heartbeat: HeartbeatTiming(interval: .milliseconds(5), timeout: .milliseconds(40)),
             onClose: { _ in closed.continuation.yield() })
         let fd = connectRaw(port: listener.localAddress.port!)
@@ -139,7 +139,7 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(recv(fd, &byte, 1, 0), 0, "the backup must close a connection that sent garbage")
 
         let channel = try await ReplicationConnector.connect(
-            to: address, hello: .init(mode: .remus, moduleHash: hash), group: group, logger: logger)
+            to: address, hello: .init(mode: .remus, moduleHash: hash), security: .insecure, group: group, logger: logger)
         try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 3))
         var iterator = received.stream.makeAsyncIterator()
         let message = await iterator.next()

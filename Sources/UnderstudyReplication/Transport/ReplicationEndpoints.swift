@@ -32,7 +32,8 @@ public final class ReplicationListener: Sendable {
     private let channel: Channel
 
     public static func bind(
-        _ address: ServiceAddress, group: EventLoopGroup, logger: Logger, heartbeat: HeartbeatTiming = .standard,
+        _ address: ServiceAddress, security: ReplicationSecurity, group: EventLoopGroup, logger: Logger,
+        heartbeat: HeartbeatTiming = .standard,
         admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String? = { _, _ in nil },
         onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in },
         onClose: @escaping @Sendable (Channel) -> Void = { _ in }
@@ -49,6 +50,7 @@ public final class ReplicationListener: Sendable {
                 }
                 child.closeFuture.whenComplete { _ in open.release() }
                 return child.eventLoop.makeCompletedFuture {
+                    try security.addServerHandlers(to: child.pipeline.syncOperations, logger: logger)
                     try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
                     try child.pipeline.syncOperations.addHandler(
                         HeartbeatHandler(timing: heartbeat, logger: logger))
@@ -149,11 +151,13 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
 public enum ReplicationConnectError: Error, CustomStringConvertible, Equatable {
     case refused(String)
     case closedDuringHandshake
+    case tls(String)
 
     public var description: String {
         switch self {
         case .refused(let reason): return "the backup refused: \(reason)"
         case .closedDuringHandshake: return "the backup closed the connection during the handshake"
+        case .tls(let reason): return "the TLS handshake with the backup failed: \(reason)"
         }
     }
 }
@@ -161,8 +165,8 @@ public enum ReplicationConnectError: Error, CustomStringConvertible, Equatable {
 /// The primary's side: connects, says hello, and returns the channel once welcomed.
 public enum ReplicationConnector {
     public static func connect(
-        to address: ServiceAddress, hello: WireMessage.Hello, group: EventLoopGroup, logger: Logger,
-        heartbeat: HeartbeatTiming = .standard
+        to address: ServiceAddress, hello: WireMessage.Hello, security: ReplicationSecurity, group: EventLoopGroup,
+        logger: Logger, heartbeat: HeartbeatTiming = .standard
     ) async throws -> Channel {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -170,6 +174,7 @@ public enum ReplicationConnector {
             .connect(host: address.host, port: Int(address.port)).get()
         let answer = channel.eventLoop.makePromise(of: Void.self)
         try await channel.eventLoop.submit {
+            try security.addClientHandlers(to: channel.pipeline.syncOperations)
             try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
             try channel.pipeline.syncOperations.addHandler(
                 HeartbeatHandler(timing: heartbeat, logger: logger))
@@ -210,5 +215,12 @@ final class PrimaryHandshakeHandler: ChannelInboundHandler {
         answer?.fail(ReplicationConnectError.closedDuringHandshake)
         answer = nil
         context.fireChannelInactive()
+    }
+
+    /// A TLS handshake the backup refused (or whose certificate this side refused) says why.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        answer?.fail(ReplicationConnectError.tls("\(error)"))
+        answer = nil
+        context.fireErrorCaught(error)
     }
 }

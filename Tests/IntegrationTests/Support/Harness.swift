@@ -35,6 +35,27 @@ enum Harness {
         return path
     }
 
+    /// A throwaway certificate authority and a certificate it signed (`scripts/certs.sh`), made
+    /// once per run, and a stranger's: another authority and its certificate.
+    struct Certificates {
+        let directory: URL
+        var authority: String { directory.appendingPathComponent("ca.pem").path }
+        func certificate(_ name: String = "node") -> String { directory.appendingPathComponent("\(name).pem").path }
+        func key(_ name: String = "node") -> String { directory.appendingPathComponent("\(name).key").path }
+
+        /// `primary` and `backup` flags for mutual TLS with this run's authority.
+        var flags: [String] { ["--tls-cert", certificate(), "--tls-key", key(), "--tls-ca", authority] }
+    }
+
+    static func certificates() throws -> Certificates {
+        let directory = TestScope.runDirectory.appendingPathComponent("certificates")
+        for name in ["node", "stranger"] {
+            let made = try run("bash", [root.appendingPathComponent("scripts/certs.sh").path, directory.path, name], timeoutSeconds: 60)
+            guard made.status == 0 else { throw HarnessError.missingPrerequisite("scripts/certs.sh failed (is openssl installed? make test installs it): \(made.stderr)") }
+        }
+        return Certificates(directory: directory)
+    }
+
     /// A path in a directory of this test run's own, removed when the current test ends.
     static func scratch(_ label: String, suffix: String = "") -> URL {
         let url = TestScope.runDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)\(suffix)")

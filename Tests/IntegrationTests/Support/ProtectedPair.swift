@@ -36,17 +36,38 @@ final class ProtectedPair {
     private(set) var backup: UnderstudyProcess
     private(set) var primary: UnderstudyProcess
 
-    init(_ guest: String, mode: String, guestArguments: [String] = [], primaryOptions: [String] = [], backupOptions: [String] = []) throws {
+    /// How the pair's replication channel is secured: mutual TLS with the run's certificates, or
+    /// plain TCP for tests that speak the wire protocol to the backup by hand (`WirePeer`).
+    enum Security {
+        case tls
+        case insecure
+
+        func flags() throws -> [String] {
+            switch self {
+            case .tls: try Harness.certificates().flags
+            case .insecure: ["--insecure-replication"]
+            }
+        }
+    }
+
+    let security: Security
+
+    init(
+        _ guest: String, mode: String, security: Security = .tls, guestArguments: [String] = [], primaryOptions: [String] = [],
+        backupOptions: [String] = []
+    ) throws {
         self.mode = mode
         self.guest = guest
         self.guestArguments = guestArguments
-        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: backupOptions)
+        self.security = security
+        backup = try Self.startBackup(
+            replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + backupOptions)
         primary = try UnderstudyProcess(
             "primary",
             [
                 "primary", try Harness.guest(guest), "--listen", "127.0.0.1:\(servicePort)", "--backup",
                 "127.0.0.1:\(replicationPort)", "--mode", mode,
-            ] + primaryOptions + (guestArguments.isEmpty ? [] : ["--"] + guestArguments))
+            ] + (try security.flags()) + primaryOptions + (guestArguments.isEmpty ? [] : ["--"] + guestArguments))
         try primary.waitFor("the machine is protected")
     }
 
@@ -63,7 +84,7 @@ final class ProtectedPair {
     /// Replaces the backup (after killing it) with a new process on the same ports.
     func restartBackup() throws {
         backup.kill()
-        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort)
+        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: try security.flags())
     }
 
     /// SIGKILLs the primary and waits for the backup to serve; returns the milliseconds from the
