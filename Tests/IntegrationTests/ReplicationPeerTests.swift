@@ -62,6 +62,35 @@ final class ReplicationPeerTests: XCTestCase {
         }
     }
 
+    /// A backup paused past the heartbeat timeout (SIGSTOP) is given up: the primary answers
+    /// again, and tells it so; resumed, the backup reads that it was given up and does not take
+    /// over a live primary, which seeds it again; a later failover keeps every acknowledged INCR.
+    func testAPausedBackupIsGivenUpAndOnResumingDoesNotTakeOver() throws {
+        for security in [ProtectedPair.Security.tls, .insecure] { try pausedBackup(security) }
+    }
+
+    private func pausedBackup(_ security: ProtectedPair.Security) throws {
+        let pair = try ProtectedPair("kv", mode: "llm", security: security)
+        defer { pair.stop() }
+        let incrementer = try ClientProcess("redis-cli", ["-p", "\(pair.servicePort)", "-r", "1000000", "-i", "0", "INCR", "counter"])
+        try Harness.waitUntil("an INCR acknowledged") { incrementer.output.hasPrefix("1\n") }
+        kill(pair.backup.process.processIdentifier, SIGSTOP)
+        try pair.primary.waitFor("backup lost; continuing unprotected")
+        let during = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "INCR", "during-the-pause")), "no answer while the backup is paused")
+        XCTAssertEqual(during, 1)
+        usleep(200_000)
+        kill(pair.backup.process.processIdentifier, SIGCONT)
+        try pair.backup.waitFor("given up: the peer has been silent")
+        try pair.primary.waitFor("the machine is protected", times: 2)
+        XCTAssertFalse(pair.backup.output.contains("; taking over"), pair.backup.output)
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        incrementer.stop()
+        let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.count
+        let counter = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
+        XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
+        XCTAssertEqual(try redisCLI(pair.servicePort, "GET", "during-the-pause"), "1")
+    }
+
     // MARK: Bad peers
 
     /// Mutual TLS: a peer that does not speak TLS, and one whose certificate another authority

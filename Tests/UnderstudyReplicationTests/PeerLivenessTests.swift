@@ -31,6 +31,26 @@ final class PeerLivenessTests: XCTestCase {
         var liveness = PeerLiveness(intervalNanos: 10 * ms, timeoutNanos: 50 * ms, now: 100 * ms)
         liveness.heard(at: 90 * ms)
         XCTAssertEqual(liveness.verdict(at: 95 * ms), .alive)
+        for now in stride(from: 105 * ms, to: 150 * ms, by: Int(10 * ms)) {
+            XCTAssertNotEqual(liveness.verdict(at: now), .peerSilent(forNanos: now - 100 * ms), "at \(now / ms) ms")
+        }
         XCTAssertEqual(liveness.verdict(at: 150 * ms), .peerSilent(forNanos: 50 * ms))
+    }
+
+    /// Checked every interval, then not at all for 160 ms (this process was stopped): the peer's
+    /// silence over the gap is not held against it. It gets a fresh timeout, and is given up
+    /// only if it stays silent through that.
+    func testOwnPauseIsNotThePeersSilence() {
+        var liveness = PeerLiveness(intervalNanos: 10 * ms, timeoutNanos: 50 * ms, now: 0)
+        for now in stride(from: 10 * ms, through: 40 * ms, by: Int(10 * ms)) {
+            liveness.sent(at: now)
+            XCTAssertEqual(liveness.verdict(at: now), .alive)
+        }
+        XCTAssertNotEqual(liveness.verdict(at: 200 * ms), .peerSilent(forNanos: 200 * ms), "judged over its own pause")
+        for now in stride(from: 210 * ms, to: 250 * ms, by: Int(10 * ms)) {
+            liveness.sent(at: now)
+            XCTAssertEqual(liveness.verdict(at: now), .alive, "at \(now / ms) ms")
+        }
+        XCTAssertEqual(liveness.verdict(at: 250 * ms), .peerSilent(forNanos: 50 * ms), "a peer still silent after it is given up")
     }
 }

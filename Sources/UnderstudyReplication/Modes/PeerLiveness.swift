@@ -16,6 +16,7 @@ public struct PeerLiveness: Sendable {
     public let timeoutNanos: UInt64
     private var lastSent: UInt64
     private var lastHeard: UInt64
+    private var lastChecked: UInt64
 
     public init(intervalNanos: UInt64, timeoutNanos: UInt64, now: UInt64) {
         precondition(intervalNanos > 0 && timeoutNanos > intervalNanos, "the timeout must exceed the heartbeat interval")
@@ -23,13 +24,20 @@ public struct PeerLiveness: Sendable {
         self.timeoutNanos = timeoutNanos
         lastSent = now
         lastHeard = now
+        lastChecked = now
     }
 
     public mutating func sent(at now: UInt64) { lastSent = max(lastSent, now) }
     public mutating func heard(at now: UInt64) { lastHeard = max(lastHeard, now) }
 
-    /// Silence wins over sending: a peer that is gone needs no heartbeat.
-    public func verdict(at now: UInt64) -> Verdict {
+    /// Silence wins over sending: a peer that is gone needs no heartbeat. A verdict is asked for
+    /// every `interval`: a gap of a whole `timeout` since the last one means this process itself
+    /// did not run (stopped, paused, starved), and the peer's silence over that gap proves
+    /// nothing. The peer then gets a fresh `timeout` from now, in which whatever it sent
+    /// meanwhile (a goodbye, say) is read; a peer that is really gone is given up one timeout later.
+    public mutating func verdict(at now: UInt64) -> Verdict {
+        defer { lastChecked = max(lastChecked, now) }
+        if now >= lastChecked && now - lastChecked >= timeoutNanos { heard(at: now) }
         let silence = now >= lastHeard ? now - lastHeard : 0
         if silence >= timeoutNanos { return .peerSilent(forNanos: silence) }
         if now >= lastSent && now - lastSent >= intervalNanos { return .sendHeartbeat }

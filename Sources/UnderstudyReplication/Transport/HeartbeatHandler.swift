@@ -44,16 +44,21 @@ final class HeartbeatHandler: ChannelDuplexHandler {
     }
 
     private func check(_ context: ChannelHandlerContext) {
-        guard let liveness else { return }
-        switch liveness.verdict(at: Self.now) {
+        guard var liveness else { return }
+        let verdict = liveness.verdict(at: Self.now)
+        self.liveness = liveness
+        switch verdict {
         case .alive: break
         case .sendHeartbeat:
             context.writeAndFlush(wrapOutboundOut(.heartbeat), promise: nil)
         case .peerSilent(let nanos):
-            logger.warning(
-                "closing the replication connection",
-                metadata: ["reason": "the peer has been silent for \(nanos / 1_000_000) ms"])
+            let reason = "the peer has been silent for \(nanos / 1_000_000) ms"
+            logger.warning("closing the replication connection", metadata: ["reason": "\(reason)"])
             beat?.cancel()
+            // Said, not only done: a peer that was paused, not dead, reads this when it resumes and
+            // knows it was given up (a backup then does not take its closed connection for the
+            // primary's death).
+            context.writeAndFlush(wrapOutboundOut(.refusal("given up: \(reason)")), promise: nil)
             context.close(promise: nil)
         }
     }

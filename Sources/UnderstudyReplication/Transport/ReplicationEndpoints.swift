@@ -123,9 +123,14 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
         self.onClose = onClose
     }
 
+    /// What was read together with the end of the connection can still be delivered after this
+    /// (TLS hands over the plaintext it held): those are the peer's last words — a goodbye, say —
+    /// and must be heard before the close is judged, so the close is reported a turn later.
     func channelInactive(context: ChannelHandlerContext) {
-        if welcomed { onClose(context.channel) }
-        welcomed = false
+        if welcomed {
+            let (channel, onClose) = (context.channel, onClose)
+            context.eventLoop.execute { onClose(channel) }
+        }
         context.fireChannelInactive()
     }
 
