@@ -3,8 +3,6 @@ import XCTest
 
 /// Bad input gets one clear line and a non-zero exit, never a crash.
 final class ErrorTests: XCTestCase {
-    private func understudy(_ arguments: [String]) throws -> Harness.Outcome { try Harness.understudy(arguments) }
-
     private func module(_ wat: String) throws -> String {
         let directory = Harness.scratch("understudy-wat")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -18,14 +16,14 @@ final class ErrorTests: XCTestCase {
     func testMalformedModule() throws {
         let path = Harness.scratch("garbage", suffix: ".wasm")
         try Data([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x0a, 0xff, 0x01]).write(to: path)
-        let outcome = try understudy(["run", path.path])
+        let outcome = try Harness.understudy(["run", path.path])
         XCTAssertEqual(outcome.status, 1)
         XCTAssertTrue(outcome.stderr.hasPrefix("understudy: not a valid WebAssembly module"), outcome.stderr)
         XCTAssertEqual(outcome.stderr.split(separator: "\n").count, 1, outcome.stderr)
     }
 
     func testMissingFile() throws {
-        let outcome = try understudy(["run", "/nonexistent/guest.wasm"])
+        let outcome = try Harness.understudy(["run", "/nonexistent/guest.wasm"])
         XCTAssertEqual(outcome.status, 1)
         XCTAssertTrue(outcome.stderr.contains("cannot read module /nonexistent/guest.wasm"), outcome.stderr)
     }
@@ -33,7 +31,7 @@ final class ErrorTests: XCTestCase {
     func testImportWeDoNotOfferIsNamed() throws {
         let path = try module(
             #"(module (import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#)
-        let outcome = try understudy(["run", path])
+        let outcome = try Harness.understudy(["run", path])
         XCTAssertEqual(outcome.status, 1)
         XCTAssertEqual(
             outcome.stderr, "understudy: the guest imports wasi_snapshot_preview1.path_open, which understudy does not offer\n")
@@ -41,7 +39,7 @@ final class ErrorTests: XCTestCase {
 
     func testTakenPort() throws {
         let holder = try ServedGuest("echo")
-        let outcome = try understudy(["run", try Harness.guest("echo"), "--listen", "127.0.0.1:\(holder.port)"])
+        let outcome = try Harness.understudy(["run", try Harness.guest("echo"), "--listen", "127.0.0.1:\(holder.port)"])
         XCTAssertEqual(outcome.status, 1)
         XCTAssertTrue(
             outcome.stderr.contains("cannot listen on 127.0.0.1:\(holder.port): bind failed: Address already in use"),
@@ -51,7 +49,7 @@ final class ErrorTests: XCTestCase {
     func testTrappingGuestGivesReasonAndNonZeroExit() throws {
         let path = try module(
             #"(module (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32))) (memory (export "memory") 1) (func (export "_start") (drop (call $yield)) (unreachable)))"#)
-        let outcome = try understudy(["run", path])
+        let outcome = try Harness.understudy(["run", path])
         XCTAssertNotEqual(outcome.status, 0)
         XCTAssertTrue(outcome.stderr.contains("understudy: the guest trapped:"), outcome.stderr)
         XCTAssertTrue(outcome.stderr.lowercased().contains("unreachable"), outcome.stderr)
@@ -60,21 +58,21 @@ final class ErrorTests: XCTestCase {
     func testGuestExitCodeIsTheProcessExitCode() throws {
         let path = try module(
             #"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32))) (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 3))))"#)
-        XCTAssertEqual(try understudy(["run", path]).status, 3)
+        XCTAssertEqual(try Harness.understudy(["run", path]).status, 3)
     }
 
     func testBadFlags() throws {
-        let badAddress = try understudy(["run", "x.wasm", "--listen", "nonsense"])
+        let badAddress = try Harness.understudy(["run", "x.wasm", "--listen", "nonsense"])
         XCTAssertEqual(badAddress.status, 64)
         XCTAssertTrue(badAddress.stderr.contains("'nonsense' is not HOST:PORT"), badAddress.stderr)
-        let badEnv = try understudy(["run", "x.wasm", "--env", "NOVALUE"])
+        let badEnv = try Harness.understudy(["run", "x.wasm", "--env", "NOVALUE"])
         XCTAssertEqual(badEnv.status, 64)
         XCTAssertTrue(badEnv.stderr.contains("is not KEY=VALUE"), badEnv.stderr)
     }
 
     /// A primary told its backup is at port 0 would try it forever, unprotected: refused at once.
     func testABackupAtPortZeroIsRefused() throws {
-        let outcome = try understudy(["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:0", "--mode", "llm", "--insecure-replication"])
+        let outcome = try Harness.understudy(["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:1", "--backup", "127.0.0.1:0", "--mode", "llm", "--insecure-replication"])
         XCTAssertEqual(outcome.status, 64)
         XCTAssertTrue(outcome.stderr.contains("--backup 127.0.0.1:0 names no port (0)"), outcome.stderr)
     }
@@ -90,7 +88,7 @@ final class ErrorTests: XCTestCase {
             ["backup", "--replication", "127.0.0.1:2"],
             ["backup", "--replication", "127.0.0.1:2", "--tls-cert", "a.pem", "--tls-key", "a.key"],
         ] {
-            let outcome = try understudy(arguments)
+            let outcome = try Harness.understudy(arguments)
             XCTAssertEqual(outcome.status, 64, "\(arguments)")
             XCTAssertTrue(outcome.stderr.contains(needs), "\(arguments): \(outcome.stderr)")
         }

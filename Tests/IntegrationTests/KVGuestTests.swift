@@ -3,8 +3,6 @@ import XCTest
 
 /// The key-value guest under `understudy run`, driven by Debian's redis-cli and redis-benchmark.
 final class KVGuestTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
-
     private func benchmark(_ port: UInt16, _ arguments: [String]) throws -> String {
         let outcome = try Harness.run("redis-benchmark", ["-p", "\(port)", "-q"] + arguments)
         XCTAssertEqual(outcome.status, 0, outcome.stderr)
@@ -13,14 +11,14 @@ final class KVGuestTests: XCTestCase {
 
     func testRedisCLIReadsWhatItWrote() throws {
         let server = try ServedGuest("kv")
-        XCTAssertEqual(try redisCLI(server.port, "set", "greeting", "hello"), "OK")
-        XCTAssertEqual(try redisCLI(server.port, "get", "greeting"), "hello")
-        XCTAssertEqual(try redisCLI(server.port, "incr", "visits"), "1")
-        XCTAssertEqual(try redisCLI(server.port, "incrby", "visits", "41"), "42")
-        XCTAssertEqual(try redisCLI(server.port, "lpush", "queue", "a", "b"), "2")
-        XCTAssertEqual(try redisCLI(server.port, "lpop", "queue"), "b")
-        XCTAssertEqual(try redisCLI(server.port, "dbsize"), "3")
-        XCTAssertTrue(try redisCLI(server.port, "incr", "greeting").contains("not an integer"))
+        XCTAssertEqual(try Harness.redisCLI(server.port, "set", "greeting", "hello"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "greeting"), "hello")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "incr", "visits"), "1")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "incrby", "visits", "41"), "42")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "lpush", "queue", "a", "b"), "2")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "lpop", "queue"), "b")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "dbsize"), "3")
+        XCTAssertTrue(try Harness.redisCLI(server.port, "incr", "greeting").contains("not an integer"))
     }
 
     /// redis-benchmark runs unmodified; its INCR hits one key, so the key's value counts the
@@ -31,15 +29,15 @@ final class KVGuestTests: XCTestCase {
         for test in ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "LPUSH", "LPOP", "MSET"] {
             XCTAssertTrue(report.contains("\(test)") && report.contains("requests per second"), "\(test) missing in:\n\(report)")
         }
-        XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "2000")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "counter:__rand_int__"), "2000")
         _ = try benchmark(server.port, ["-t", "incr", "-n", "3200", "-P", "16", "-c", "8"])
-        XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "5200")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "counter:__rand_int__"), "5200")
     }
 
     func testTwoHundredConcurrentClients() throws {
         let server = try ServedGuest("kv")
         _ = try benchmark(server.port, ["-t", "incr", "-n", "4000", "-c", "200"])
-        XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "4000")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "counter:__rand_int__"), "4000")
     }
 
     /// A guest blocked in poll waits in the kernel: an idle machine's threads all sleep, and
@@ -48,7 +46,7 @@ final class KVGuestTests: XCTestCase {
     /// makes neither more likely.
     func testIdleGuestSleepsInTheKernel() throws {
         let server = try ServedGuest("kv")
-        XCTAssertEqual(try redisCLI(server.port, "ping"), "PONG")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "ping"), "PONG")
         let tasks = "/proc/\(server.pid)/task"
         func threads() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: tasks) }
         func wakeups() throws -> Int {
@@ -73,8 +71,8 @@ final class KVGuestTests: XCTestCase {
     func testSuspendingAtEveryBlockChangesNothing() throws {
         let server = try ServedGuest("kv", options: ["--suspend-at-every-block"])
         _ = try benchmark(server.port, ["-t", "set,incr", "-n", "2000", "-c", "20"])
-        XCTAssertEqual(try redisCLI(server.port, "get", "counter:__rand_int__"), "2000")
-        XCTAssertEqual(try redisCLI(server.port, "set", "k", "v"), "OK")
-        XCTAssertEqual(try redisCLI(server.port, "get", "k"), "v")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "counter:__rand_int__"), "2000")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "set", "k", "v"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(server.port, "get", "k"), "v")
     }
 }

@@ -8,8 +8,6 @@ import XCTest
 /// protocol version, the wrong module or a cut checkpoint: each refused with a clear line, and
 /// the machine it protects (or will protect) is unharmed.
 final class ReplicationPeerTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
-
     private func pingProbe(_ port: UInt16) -> Bool {
         (try? Harness.run("redis-cli", ["-p", "\(port)", "PING"]))?.stdout.contains("PONG") == true
     }
@@ -23,7 +21,7 @@ final class ReplicationPeerTests: XCTestCase {
         let pair = try ProtectedPair("kv", mode: mode)
         defer { pair.stop() }
         let incrementer = try ClientProcess("redis-cli", ["-p", "\(pair.servicePort)", "-r", "1000000", "-i", "0", "INCR", "counter"])
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "before", "1"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "before", "1"), "OK")
         usleep(200_000)
         pair.backup.kill()
         // Unprotected, the primary answers at once instead of holding replies for a backup
@@ -35,13 +33,13 @@ final class ReplicationPeerTests: XCTestCase {
 
         try pair.restartBackup()
         try pair.primary.waitFor("the machine is protected", times: 2)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "after", "3"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "after", "3"), "OK")
         usleep(100_000)
         try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
         incrementer.stop()
-        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "before", "during", "after"), "1\n2\n3")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "MGET", "before", "during", "after"), "1\n2\n3")
         let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.count
-        let counter = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
+        let counter = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
         XCTAssertGreaterThan(increments, 0)
         XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
     }
@@ -76,7 +74,7 @@ final class ReplicationPeerTests: XCTestCase {
         try Harness.waitUntil("an INCR acknowledged") { incrementer.output.hasPrefix("1\n") }
         kill(pair.backup.process.processIdentifier, SIGSTOP)
         try pair.primary.waitFor("backup lost; continuing unprotected")
-        let during = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "INCR", "during-the-pause")), "no answer while the backup is paused")
+        let during = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "INCR", "during-the-pause")), "no answer while the backup is paused")
         XCTAssertEqual(during, 1)
         usleep(200_000)
         kill(pair.backup.process.processIdentifier, SIGCONT)
@@ -86,9 +84,9 @@ final class ReplicationPeerTests: XCTestCase {
         try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
         incrementer.stop()
         let increments = incrementer.output.split(separator: "\n").prefix { Int($0) != nil }.count
-        let counter = try XCTUnwrap(Int(try redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
+        let counter = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "GET", "counter")), "the counter is not a number")
         XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
-        XCTAssertEqual(try redisCLI(pair.servicePort, "GET", "during-the-pause"), "1")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "GET", "during-the-pause"), "1")
     }
 
     // MARK: Bad peers
@@ -100,7 +98,7 @@ final class ReplicationPeerTests: XCTestCase {
         let backupMetrics = Harness.freePort()
         let pair = try ProtectedPair("kv", mode: "llm", backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
         defer { pair.stop() }
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
 
         let plain = try WirePeer(port: pair.replicationPort)
         try? plain.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64))))
@@ -123,9 +121,9 @@ final class ReplicationPeerTests: XCTestCase {
 
         XCTAssertEqual(try MetricsScrape(port: backupMetrics).value("understudy_protected"), 1)
         XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
         try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
     }
 
     /// A peer not yet welcomed may send a hello and nothing larger: a header declaring a 1 GiB
@@ -135,7 +133,7 @@ final class ReplicationPeerTests: XCTestCase {
         let backupMetrics = Harness.freePort()
         let pair = try ProtectedPair("kv", mode: "llm", security: .insecure, backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
         defer { pair.stop() }
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
         let residentBefore = try residentBytes(pair.backup.process.processIdentifier)
 
         var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(13))
@@ -157,9 +155,9 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertEqual(try MetricsScrape(port: backupMetrics).value("understudy_protected"), 1)
         XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
         XCTAssertFalse(pair.backup.output.contains("taking over"), pair.backup.output)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
         try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
     }
 
     private func residentBytes(_ pid: Int32) throws -> Int {
@@ -171,7 +169,7 @@ final class ReplicationPeerTests: XCTestCase {
     func testGarbageAndSecondPrimariesAreRefusedWhileTheMachineStaysProtected() throws {
         let pair = try ProtectedPair("kv", mode: "llm", security: .insecure)
         defer { pair.stop() }
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
 
         let garbage = try WirePeer(port: pair.replicationPort)
         try garbage.send(Array("GET / HTTP/1.1\r\nHost: backup\r\n\r\n0123456789abcdef".utf8))
@@ -188,9 +186,9 @@ final class ReplicationPeerTests: XCTestCase {
         guard case .refusal(let rivalReason) = try rival.receive() else { return XCTFail("a second primary was not refused") }
         XCTAssertTrue(rivalReason.contains("already protects a primary"), rivalReason)
 
-        XCTAssertEqual(try redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k2", "v2"), "OK")
         try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
-        XCTAssertEqual(try redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "MGET", "k1", "k2"), "v1\nv2")
     }
 
     func testWrongModuleAndCutCheckpointAreRefusedAndTheBackupStillProtectsARealPrimary() throws {
@@ -239,10 +237,10 @@ final class ReplicationPeerTests: XCTestCase {
             ])
         defer { primary.kill() }
         try primary.waitFor("the machine is protected")
-        XCTAssertEqual(try redisCLI(servicePort, "SET", "survivor", "yes"), "OK")
+        XCTAssertEqual(try Harness.redisCLI(servicePort, "SET", "survivor", "yes"), "OK")
         primary.kill()
         try Harness.waitUntil("the backup serving after the primary's death:\n\(backup.output)") { pingProbe(servicePort) }
-        XCTAssertEqual(try redisCLI(servicePort, "GET", "survivor"), "yes")
+        XCTAssertEqual(try Harness.redisCLI(servicePort, "GET", "survivor"), "yes")
     }
 
     /// A backup that could not take the service over (another number of --listen addresses)
@@ -266,7 +264,7 @@ final class ReplicationPeerTests: XCTestCase {
             ] + (try Harness.certificates().flags))
         defer { primary.kill() }
         try primary.waitFor("this backup's --listen gives 2")
-        XCTAssertEqual(try redisCLI(servicePort, "PING"), "PONG", "the primary serves on, unprotected")
+        XCTAssertEqual(try Harness.redisCLI(servicePort, "PING"), "PONG", "the primary serves on, unprotected")
         XCTAssertFalse(primary.output.contains("the machine is protected"))
     }
 

@@ -4,8 +4,6 @@ import XCTest
 
 /// Checkpoints recorded by one process, restored by another after a SIGKILL.
 final class RestoreTests: XCTestCase {
-    private func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try Harness.redisCLI(port, arguments) }
-
     private func recording() -> URL { Harness.scratch("understudy-recording") }
 
     /// Waits until the recorder has written a checkpoint after everything written so far.
@@ -36,18 +34,18 @@ final class RestoreTests: XCTestCase {
     func testRestoredMachineServesTheKeysWrittenBeforeItsCheckpoint() throws {
         let directory = recording()
         let original = try ServedGuest("kv", options: ["--record", directory.path, "--checkpoint-every", "50ms"])
-        for index in 0..<30 { XCTAssertEqual(try redisCLI(original.port, "set", "key:\(index)", "value-\(index)"), "OK") }
-        XCTAssertEqual(try redisCLI(original.port, "incrby", "n", "41"), "41")
+        for index in 0..<30 { XCTAssertEqual(try Harness.redisCLI(original.port, "set", "key:\(index)", "value-\(index)"), "OK") }
+        XCTAssertEqual(try Harness.redisCLI(original.port, "incrby", "n", "41"), "41")
         let written = try FileManager.default.contentsOfDirectory(atPath: directory.path).count
         try waitForCheckpoints(in: directory, beyond: written + 1)
         original.stop()  // SIGKILL: no chance to flush anything
 
         let restored = try ServedGuest(
             "kv", options: ["--from", directory.path], subcommand: "restore", guestArguments: nil)
-        XCTAssertEqual(try redisCLI(restored.port, "get", "key:0"), "value-0")
-        XCTAssertEqual(try redisCLI(restored.port, "get", "key:29"), "value-29")
-        XCTAssertEqual(try redisCLI(restored.port, "incr", "n"), "42")
-        XCTAssertEqual(try redisCLI(restored.port, "dbsize"), "31")
+        XCTAssertEqual(try Harness.redisCLI(restored.port, "get", "key:0"), "value-0")
+        XCTAssertEqual(try Harness.redisCLI(restored.port, "get", "key:29"), "value-29")
+        XCTAssertEqual(try Harness.redisCLI(restored.port, "incr", "n"), "42")
+        XCTAssertEqual(try Harness.redisCLI(restored.port, "dbsize"), "31")
         XCTAssertTrue(restored.output.contains("restoring"), restored.output)
     }
 

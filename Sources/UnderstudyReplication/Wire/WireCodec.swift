@@ -221,7 +221,7 @@ public struct WireDecoder: Sendable {
     private var expected: UInt64 = 0
     private var failure: WireError?
 
-    public init(maximumPayload: Int = Int(UInt32.max)) {
+    public init(maximumPayload: Int = WireLimits.streamPayloadMax) {
         self.maximumPayload = maximumPayload
     }
 

@@ -11,10 +11,9 @@ final class ServedGuest {
     init(_ guest: String, options: [String] = [], subcommand: String = "run", guestArguments: [String]? = []) throws {
         let module = try Harness.guest(guest)
         port = Harness.freePort()
-        child = try ChildProcess(
-            try Harness.binary(),
-            [subcommand, module, "--listen", "127.0.0.1:\(port)"] + options + (guestArguments.map { ["--"] + $0 } ?? []),
-            environment: ["UNDERSTUDY_CACHE": Harness.cache])
+        child = try UnderstudyProcess(
+            guest, [subcommand, module, "--listen", "127.0.0.1:\(port)"] + options + (guestArguments.map { ["--"] + $0 } ?? [])
+        ).child
         // The first start of a guest runs wasm-opt.
         try Harness.waitUntil("\(guest) listening on \(port):\n\(child.output)", seconds: 120) {
             guard child.isRunning else { throw HarnessError.timedOut("\(guest) exited before it listened:\n\(child.output)") }

@@ -117,6 +117,8 @@ enum Harness {
     }
 
     /// `redis-cli -p PORT ARGUMENTS`, which must succeed; its reply, trimmed.
+    static func redisCLI(_ port: UInt16, _ arguments: String...) throws -> String { try redisCLI(port, arguments) }
+
     static func redisCLI(_ port: UInt16, _ arguments: [String]) throws -> String {
         let outcome = try run("redis-cli", ["-p", "\(port)"] + arguments, timeoutSeconds: 30)
         XCTAssertEqual(outcome.status, 0, outcome.stderr)

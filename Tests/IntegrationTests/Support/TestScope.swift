@@ -55,17 +55,16 @@ final class TestScope: @unchecked Sendable {
     }
 
     private func observe() {
+        // The observer center belongs to the main thread, which runs the tests; a first use from
+        // another thread leaves registering to the next use on the main one (before the test ends).
+        guard Thread.isMainThread else { return }
         let first = lock.withLock {
             defer { observing = true }
             return !observing
         }
         guard first else { return }
         let observer = ScopeObserver(scope: self)
-        if Thread.isMainThread {
-            MainActor.assumeIsolated { XCTestObservationCenter.shared.addTestObserver(observer) }
-        } else {
-            DispatchQueue.main.sync { MainActor.assumeIsolated { XCTestObservationCenter.shared.addTestObserver(observer) } }
-        }
+        MainActor.assumeIsolated { XCTestObservationCenter.shared.addTestObserver(observer) }
     }
 }
 
