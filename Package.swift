@@ -51,6 +51,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -115,6 +116,13 @@ let package = Package(
             ]
         ),
         // Real processes and real clients: starts the built `understudy` (UNDERSTUDY_BIN).
-        .testTarget(name: "IntegrationTests", dependencies: ["UnderstudyCore", "UnderstudyReplication"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "UnderstudyCore", "UnderstudyReplication",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ]
 )

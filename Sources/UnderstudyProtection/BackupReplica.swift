@@ -43,8 +43,24 @@ final class BackupReplica: @unchecked Sendable {
     }
 
     /// True once a consistent checkpoint is applied: there is a machine to promote. Checkpoint 0
-    /// is a pre-copy, taken while the guest ran, and only checkpoint 1 makes it exact.
+    /// is a pre-copy, taken while the guest ran, and only checkpoint 1 makes it exact. (Whether
+    /// it protects anything is the primary's marker's business: `reachedMarker`.)
     var canPromote: Bool { state != nil && epoch >= 1 && prepared != nil && manifest != nil }
+
+    /// The primary's `protecting` marker, until the copy reaches it.
+    private var marker: (generation: UInt64, position: UInt64)?
+
+    /// The marker's generation once the copy holds everything up to its position (the primary
+    /// released what came before alone); then forgotten, so it is reported once.
+    func reachedMarker() -> UInt64? {
+        lock.withLock {
+            guard let marker, canPromote else { return nil }
+            let reached = mode == .remus ? epoch >= marker.position : (log?.end ?? 0) >= marker.position
+            guard reached else { return nil }
+            self.marker = nil
+            return marker.generation
+        }
+    }
 
     /// Handles one message from the primary; returns the acknowledgement to send, if any.
     func handle(_ message: WireMessage) throws(Refusal) -> WireMessage? {
@@ -87,6 +103,9 @@ final class BackupReplica: @unchecked Sendable {
         case .syncPoint(let point):
             guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync point outside a followed active log") }
             follower.log.mark(point)
+            return nil
+        case .protecting(let generation, let position):
+            lock.withLock { marker = (generation, position) }
             return nil
         case .syncRepair(let sync, let packed):
             guard mode == .active, let follower = lock.withLock({ follower }) else { throw Refusal("a sync repair outside a followed active log") }

@@ -15,11 +15,14 @@ import UnderstudyReplication
 /// (its guest exited) or this backup refused it (a bad message): then there is nothing to take
 /// over, and the backup waits for the primary to connect and seed it again.
 ///
-/// Fencing (DESIGN.md): two hosts alone cannot tell a dead primary from a cut link. On one host
-/// the service address settles it — a promoted backup cannot listen while the primary still does.
+/// Fencing (DESIGN.md, "One primary"): two hosts alone cannot tell a dead primary from a cut link
+/// or a paused process, so a backup whose copy protects the primary (`BackupRoleKeeper`) takes
+/// over only once it has won the next generation in the store; losing it, it drops the copy and
+/// waits to be seeded again.
 public final class BackupService: @unchecked Sendable {
-    /// What a promotion starts from.
-    public struct Promotion {
+    /// What a promotion starts from. Built on the applier queue and handed, whole and untouched,
+    /// to the claim's answer and then to the main thread: never shared while changing.
+    public struct Promotion: @unchecked Sendable {
         public var mode: ReplicationMode
         public var prepared: PreparedModule
         public var manifest: RecordingManifest
@@ -62,9 +65,17 @@ public final class BackupService: @unchecked Sendable {
     /// while the connection still heartbeats — a backup stuck behind its applier.
     private let stallAfterSeed: Bool
     private var stalled = false
+    private let role: BackupRoleKeeper
+    /// The machine this backup protects (`--name`); nil takes any.
+    private let machine: String?
 
-    public init(logger: Logger, listenerCount: Int, corruptAtSync: UInt64? = nil, stallAfterSeed: Bool = false) {
+    public init(
+        logger: Logger, role: BackupRoleKeeper, machine: String?, listenerCount: Int, corruptAtSync: UInt64? = nil,
+        stallAfterSeed: Bool = false
+    ) {
         self.logger = logger
+        self.role = role
+        self.machine = machine
         self.listenerCount = listenerCount
         self.corruptAtSync = corruptAtSync
         self.stallAfterSeed = stallAfterSeed
@@ -99,7 +110,7 @@ public final class BackupService: @unchecked Sendable {
         on address: ServiceAddress, security: ReplicationSecurity, heartbeat: HeartbeatTiming, group: EventLoopGroup
     ) async throws -> SocketAddress {
         let listener = try await ReplicationListener.bind(
-            address, security: security, group: group, logger: logger, heartbeat: heartbeat,
+            address, security: security, group: group, logger: logger, heartbeat: heartbeat, fencing: role.fencing,
             admit: { [self] hello, channel in admit(hello, channel) },
             onMessage: { [self] message, channel in route(message, from: channel) },
             onClose: { [self] channel in applier.async { self.closed(channel) } })
@@ -124,6 +135,8 @@ public final class BackupService: @unchecked Sendable {
             if let session, session.channel.isActive, session.ended == nil, session.channel !== channel {
                 return "this backup already protects a primary"
             }
+            if let machine, hello.machine != machine { return "this backup protects machine \(machine), not \(hello.machine)" }
+            if let refusal = role.admit(generation: hello.generation) { return refusal }
             // A primary connecting again lived on unprotected: whatever an earlier connection left
             // here is stale, and is dropped.
             session?.replica.follower?.abandon()
@@ -174,8 +187,7 @@ public final class BackupService: @unchecked Sendable {
             case .checkpointApplied(let epoch):
                 metrics.checkpointsApplied.increment()
                 if epoch == 1 {
-                    logger.notice("seeded; protecting the primary", metadata: ["mode": "\(current.replica.mode)"])
-                    metrics.protected.record(1)
+                    logger.notice("seeded; protecting once the primary records it", metadata: ["mode": "\(current.replica.mode)"])
                     startFollowing(current.replica, channel)
                 }
             case .logHeld: metrics.logHeld.record(current.replica.heldEntryCount)
@@ -185,6 +197,10 @@ public final class BackupService: @unchecked Sendable {
                 acknowledgeLog(below: position, on: channel)
             } else if let reply {
                 channel.writeAndFlush(reply, promise: nil)
+            }
+            if let generation = current.replica.reachedMarker() {
+                if let refusal = role.protecting(generation: generation) { return refuse(channel, because: refusal) }
+                metrics.protected.record(1)
             }
         } catch {
             refuse(channel, because: "\(error)")
@@ -250,32 +266,63 @@ public final class BackupService: @unchecked Sendable {
             let replica = current.replica
             if let ended = current.ended {
                 logger.notice("the primary's connection ended; not taking over", metadata: ["reason": "\(ended)"])
-                replica.follower?.abandon()
-                session = nil
-                return nil
+                return endSession(replica)
             }
             guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state,
                 replica.mode != .active || replica.follower != nil
             else {
                 logger.warning("the primary is gone before seeding this backup; nothing to take over")
-                replica.follower?.abandon()
-                session = nil
-                return nil
+                return endSession(replica)
             }
-            promotion = Promotion(
+            return Promotion(
                 mode: replica.mode, prepared: prepared, manifest: manifest, state: state, log: replica.log?.entries ?? [],
                 follower: replica.follower, epoch: replica.epoch, detected: detected)
-            return promotion
         }
         guard let plan else { return }
+        let claiming = role.primaryGone(
+            takeOver: { [self] generation in applier.async { self.promote(plan, generation: generation) } },
+            discard: { [self] _ in applier.async { self.discard(channel) } })
+        guard claiming else {
+            logger.warning("the primary is gone before this backup protected it (no marker reached); nothing to take over")
+            return lock.withLock {
+                if let current = session, current.channel === channel { _ = endSession(current.replica) }
+            }
+        }
+    }
+
+    /// Under `lock`: the session is over and nothing is taken over.
+    private func endSession(_ replica: BackupReplica) -> Promotion? {
+        role.sessionEnded()
+        replica.follower?.abandon()
+        session = nil
+        return nil
+    }
+
+    /// The applier queue: the generation is won; the machine is this process's to serve.
+    private func promote(_ plan: Promotion, generation: UInt64) {
+        lock.withLock {
+            promotion = plan
+            session = nil
+        }
         metrics.failovers.increment()
         logger.notice(
             "the primary is gone; taking over",
             metadata: [
-                "mode": "\(plan.mode)", "checkpoint": "\(plan.epoch)",
+                "mode": "\(plan.mode)", "generation": "\(generation)", "checkpoint": "\(plan.epoch)",
                 "logEntriesToReplay": "\(plan.follower?.log.behind ?? plan.log.count)",
+                "sinceDetectionMillis": "\((ContinuousClock.now - plan.detected).milliseconds)",
             ])
         promoted.signal()
+    }
+
+    /// The applier queue: the primary lives on (it won the generation): the copy is dropped.
+    private func discard(_ channel: Channel) {
+        lock.withLock {
+            guard let current = session, current.channel === channel else { return }
+            current.replica.follower?.abandon()
+            session = nil
+        }
+        logger.notice("dropped the copy; waiting for a primary to seed this backup again")
     }
 }
 

@@ -14,8 +14,11 @@ import UnderstudyReplication
 /// streams to the backup — keeps a connection to the backup, seeds it with a full checkpoint
 /// when it connects, then sends what the mode sends (`remus`: a checkpoint every epoch; `llm`:
 /// the log as the guest consumes the world, and a checkpoint every interval) and releases
-/// output as the backup acknowledges it. Losing the backup releases everything held and
-/// carries on unprotected; it reconnects and seeds again by itself.
+/// output as the backup acknowledges it. When output waits and when it may leave alone is the
+/// role's decision (`PrimaryRoleKeeper`): seeding a backup holds nothing; once the store records
+/// the seeded backup as protecting, output waits for it; losing it holds everything until the
+/// next generation is won alone (or the role is lost, and the process stands down). It
+/// reconnects and seeds a backup again by itself.
 ///
 /// Threads: the machine's (the world, checkpoints, the log), the connection's event loop
 /// (acknowledgements, loss), and a sender queue that encodes checkpoints off the pause.
@@ -45,6 +48,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// counts as lost, though it heartbeats (a stuck process, a full disk, a stopped child):
         /// otherwise every reply would wait for it forever.
         public var ackTimeout: Duration = .milliseconds(500)
+        /// The machine's name, said in the hello (a backup for another machine refuses it).
+        public var machine = ""
         public var reconnectInterval: Duration
 
         public init(
@@ -66,6 +71,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
     public let options: Options
     public let holding: OutputHoldingWorld
+    private let role: PrimaryRoleKeeper
     private let recording: RecordingWorld?
     /// What the machine must be built on.
     public var world: MachineWorld { recording ?? holding }
@@ -107,6 +113,18 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// The active backup has applied its seed: from then on `ackTimeout` applies. (A seed of a
     /// large memory may legitimately take longer to apply than an acknowledgement.)
     private var seeded = false
+    /// The watchdog has given the active backup up: one verdict per connection.
+    private var givenUp = false
+    /// Connections made so far: names each backup session to the role (`label`).
+    private var connections = 0
+    private var labels: [ObjectIdentifier: String] = [:]
+    /// What the active backup has acknowledged last (a checkpoint's `epoch + 1` in remus, a log
+    /// position otherwise): where the gate starts when output begins to wait for it.
+    private var acknowledgedByActive: UInt64 = 0
+    /// The connection output waits for; acknowledgements from any other are not the gate's.
+    private var protecting: Channel?
+    /// The role's request to start holding, carried out at the next suspension.
+    private var pendingHold: (generation: UInt64, backup: String?)?
 
     // The machine's thread only.
     /// Checkpoints sent on the active connection; in `remus` output waits for `epoch + 1`.
@@ -122,10 +140,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     public init(
-        options: Options, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
+        options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
         suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
     ) {
         self.options = options
+        self.role = role
         metrics = ReplicationMetrics(role: "primary", mode: "\(options.mode)")
         self.prepared = prepared
         // Prepared here, once: the backup checks these bytes against the hello's hash and runs
@@ -158,6 +177,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting.
     public func start(_ machine: Machine) {
         machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
+        role.start(
+            effects: .init(
+                startHolding: { [weak self] generation, backup in self?.requestHolding(generation: generation, for: backup) },
+                releaseEverything: { [weak self] in self?.releaseEverything() },
+                standDown: { [weak self] reason in self?.standDown(reason) }))
         let interval = [.remus: options.epoch, .active: options.syncInterval][options.mode] ?? options.checkpointInterval
         let timer = DispatchSource.makeTimerSource(queue: .global())
         let nanos = Int(interval.nanoseconds)
@@ -205,17 +229,21 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private func keepConnected() async {
         var failures = 0
         while !Task.isCancelled {
-            if lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
+            if role.mayConnectBackup, lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
                 do {
                     let channel = try await ReplicationConnector.connect(
-                        to: options.backup, hello: .init(mode: options.mode, moduleHash: prepared.hash),
-                        security: options.security, group: group, logger: logger, heartbeat: options.heartbeat)
+                        to: options.backup, hello: .init(mode: options.mode, moduleHash: prepared.hash, generation: role.fencing.generation, machine: options.machine),
+                        security: options.security, group: group, logger: logger, heartbeat: options.heartbeat, fencing: role.fencing)
                     try await channel.pipeline.addHandler(AcknowledgementHandler(replicator: self)).get()
                     channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
                     channel.writeAndFlush(moduleMessage, promise: nil)
                     failures = 0
                     logger.notice("backup connected; seeding it", metadata: ["backup": "\(options.backup)", "mode": "\(options.mode)"])
-                    lock.withLock { if channel.isActive { awaitingSeed = channel } }
+                    lock.withLock {
+                        connections += 1
+                        labels[ObjectIdentifier(channel)] = "\(options.backup) connection \(connections)"
+                        if channel.isActive { awaitingSeed = channel }
+                    }
                     suspension.request()
                 } catch {
                     if failures == 0 {
@@ -237,20 +265,24 @@ public final class PrimaryReplicator: @unchecked Sendable {
             switch message {
             case .logHeld(let position):
                 guard recording != nil else { throw ProtocolViolation("log held in \(options.mode) mode") }
-                try holding.acknowledge(below: position)
+                try acknowledged(below: position, on: channel)
                 let sent = lock.withLock { logSent }
                 metrics.logLag.record(sent > position ? Int64(sent - position) : 0)
             case .checkpointApplied(let applied):
                 // The seed's two (0 and 1) are not counted: only the mode's stream is paced.
                 if applied >= 2 { lock.withLock { checkpointApplied(on: channel) } }
-                if options.mode == .remus { try holding.acknowledge(below: applied + 1) }
+                if options.mode == .remus { try acknowledged(below: applied + 1, on: channel) }
                 if applied == 1 {
-                    lock.withLock {
+                    let label = lock.withLock { () -> String? in
                         refusals = 0
-                        if active === channel { seeded = true }
+                        guard active === channel else { return nil }
+                        seeded = true
+                        return labels[ObjectIdentifier(channel)]
                     }
-                    logger.notice("backup seeded; the machine is protected", metadata: ["mode": "\(options.mode)"])
-                    metrics.protected.record(1)
+                    if let label {
+                        logger.notice("backup seeded; recording it as protecting", metadata: ["mode": "\(options.mode)"])
+                        role.backupSeeded(label)
+                    }
                 }
             case .syncMatched(let sync):
                 try answered(sync: sync, on: channel) { repairer in try repairer.matched(sync: sync) }
@@ -310,19 +342,77 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
     /// The event loop: the connection is gone (closed by the peer, a bad frame, or silence).
     fileprivate func lost(_ channel: Channel) {
-        let wasActive = lock.withLock { () -> Bool in
+        let (wasActive, wasSeeded, wasProtecting) = lock.withLock { () -> (Bool, Bool, Bool) in
             if awaitingSeed === channel { awaitingSeed = nil }
-            guard active === channel else { return false }
+            labels[ObjectIdentifier(channel)] = nil
+            let wasProtecting = protecting === channel
+            if wasProtecting { protecting = nil }
+            guard active === channel else { return (false, false, wasProtecting) }
             active = nil
             unappliedCheckpoints = 0
             unappliedSince = nil
-            seeded = false
-            return true
+            defer { (seeded, givenUp) = (false, false) }
+            return (true, seeded, wasProtecting)
         }
         guard wasActive else { return }
-        holding.unprotect()
         metrics.protected.record(0)
-        logger.warning("backup lost; continuing unprotected", metadata: ["backup": "\(options.backup)"])
+        logger.warning(
+            wasProtecting ? "backup lost; holding output until the next generation is won" : "backup lost before it protected anything",
+            metadata: ["backup": "\(options.backup)"])
+        if wasSeeded { role.backupLost() }
+    }
+
+    /// The event loop: `channel`'s backup holds every position below `position`. Only the
+    /// protecting connection's acknowledgements release output (a newer backup's count anew).
+    private func acknowledged(below position: UInt64, on channel: Channel) throws {
+        let gate = lock.withLock { () -> Bool in
+            if active === channel { acknowledgedByActive = max(acknowledgedByActive, position) }
+            return protecting === channel
+        }
+        if gate { try holding.acknowledge(below: position) }
+    }
+
+    // MARK: The role's effects
+
+    /// The role's queue: output is to wait for `backup` (nil: for nobody, until the next
+    /// generation is won) from the next suspension on.
+    private func requestHolding(generation: UInt64, for backup: String?) {
+        lock.withLock { pendingHold = (generation, backup) }
+        suspension.request()
+    }
+
+    /// The machine's thread, at a suspension: output waits from here on; the backup is told
+    /// where from, with the generation it now protects.
+    private func startHolding(generation: UInt64, for backup: String?) {
+        let target = lock.withLock { () -> (Channel, UInt64)? in
+            guard let backup, let active, labels[ObjectIdentifier(active)] == backup else { return nil }
+            protecting = active
+            return (active, acknowledgedByActive)
+        }
+        holding.protect(acknowledgedBelow: target?.1 ?? 0)
+        guard let (channel, _) = target else {
+            logger.notice("holding output: its backup is gone", metadata: ["generation": "\(generation)"])
+            return
+        }
+        let position = holding.positionOfNextOutput()
+        channel.writeAndFlush(WireMessage.protecting(generation: generation, position: position), promise: nil)
+        metrics.protected.record(1)
+        logger.notice("the machine is protected", metadata: ["mode": "\(options.mode)", "generation": "\(generation)", "from": "\(position)"])
+    }
+
+    /// The role's queue: the primary holds the machine alone.
+    private func releaseEverything() {
+        holding.unprotect()
+        lock.withLock { protecting = nil }
+    }
+
+    /// The role's queue: another process holds the role, or the store could not be reached in
+    /// time. Nothing held may leave; the process exits without a goodbye, so a protecting backup
+    /// takes the exit for a death and its claim decides.
+    private func standDown(_ reason: String) {
+        holding.dropEverything()
+        FileHandle.standardError.write(Data("understudy: standing down: \(reason)\n".utf8))
+        exit(StandDown.exitCode)
     }
 
     /// Under `lock`: one checkpoint or sync more awaits the backup.
@@ -342,13 +432,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// `ackTimeout` is given up, as if it had fallen silent.
     private func checkAcknowledgements() {
         guard let (channel, checkpointWaiting) = lock.withLock({ () -> (Channel, ContinuousClock.Instant?)? in
-            guard seeded, let active else { return nil }
+            guard seeded, !givenUp, let active else { return nil }
             return (active, unappliedSince)
         }) else { return }
         guard let waiting = [holding.oldestHeldSince, checkpointWaiting].compactMap({ $0 }).min() else { return }
         let waited = ContinuousClock.now - waiting
         guard waited > options.ackTimeout else { return }
-        lock.withLock { if active === channel { seeded = false } }  // one verdict per connection
+        lock.withLock { if active === channel { givenUp = true } }
         refuse(channel, because: "the backup acknowledged nothing for \(waited.milliseconds) ms (--ack-timeout \(options.ackTimeout.milliseconds) ms)")
     }
 
@@ -371,6 +461,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     private func suspended(_ machine: Machine) throws {
+        if let hold = lock.withLock({ () -> (generation: UInt64, backup: String?)? in
+            defer { pendingHold = nil }
+            return pendingHold
+        }) {
+            try recording?.flush()
+            return startHolding(generation: hold.generation, for: hold.backup)
+        }
         let (seeding, channel, precopy) = lock.withLock { (awaitingSeed, active, self.precopy) }
         if let seeding {
             switch precopy {
@@ -436,7 +533,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     /// Checkpoint 1 of a new backup, delta after a pre-copy or whole; from its log position on,
-    /// output waits for the backup and the mode's stream flows.
+    /// the mode's stream flows (output waits for the backup only once the role says so).
     private func finishSeed(_ channel: Channel, _ machine: Machine) throws {
         lock.withLock { precopy = .none }
         try recording?.flush()
@@ -455,16 +552,22 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 self?.refuse(channel, because: "the seed does not apply to the primary's copy of the backup: \(error)")
             }
         }
+        // Epochs restart with each backup: output held for another's (the primary settling its
+        // generation) would be released by the wrong numbers. It seeds again once alone.
+        guard !holding.isProtected else {
+            lock.withLock { if awaitingSeed === channel { awaitingSeed = nil } }
+            return refuse(channel, because: "the primary is settling its generation; it will seed this backup again")
+        }
         epoch = 1
         logBytesSinceCheckpoint = 0
         let stillWanted = lock.withLock { () -> Bool in
             guard awaitingSeed === channel else { return false }
             awaitingSeed = nil
             active = channel
+            acknowledgedByActive = options.mode == .remus ? 1 : position
             return true
         }
         guard stillWanted else { return }
-        holding.protect(acknowledgedBelow: options.mode == .remus ? 1 : position)
         let seed = WireMessage.checkpoint(epoch: 1, bytes: bytes)
         metrics.stateSent(seed)
         metrics.epochs.increment()

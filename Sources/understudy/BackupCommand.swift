@@ -21,10 +21,14 @@ struct BackupCommand: ParsableCommand {
             (active: this process runs the machine too, following the log, and the two compare \
             their states at each sync). Each message is checked whole before it is applied. When \
             the primary's connection ends without a goodbye, or it is silent for \
-            --heartbeat-timeout, this process takes over: it restores the latest checkpoint (and \
-            in llm replays the log after it), or in active lets its running machine finish the \
-            log; then it listens on --listen and serves. Connections open at the failover close; \
-            clients reconnect.
+            --heartbeat-timeout, and the primary had recorded this backup as protecting it, this \
+            process claims the machine's next generation in --etcd; having won it, it takes over: \
+            it restores the latest checkpoint (and in llm replays the log after it), or in active \
+            lets its running machine finish the log; then it listens on --listen and serves. Having \
+            lost it (the primary lives on and won it), it drops its copy and waits to be seeded \
+            again; while etcd does not answer, it keeps trying and does not serve. Without --etcd \
+            it takes over at once, and nothing fences a primary that was only paused or cut off. \
+            Connections open at the failover close; clients reconnect.
             """
     )
 
@@ -44,6 +48,8 @@ struct BackupCommand: ParsableCommand {
 
     @OptionGroup var security: ReplicationSecurityOptions
 
+    @OptionGroup var coordination: CoordinationOptions
+
     @OptionGroup var metrics: MetricsOption
 
     @OptionGroup var logging: LoggingOptions
@@ -52,6 +58,9 @@ struct BackupCommand: ParsableCommand {
         _ = try ServiceAddress.listenAddresses(listen)
         _ = try replicationAddress()
         _ = try heartbeat.timing()
+        if coordination.etcd != nil && coordination.name == nil {
+            throw ValidationError("--etcd needs --name: the machine whose generation this backup may claim")
+        }
     }
 
     private func replicationAddress() throws -> ServiceAddress {
@@ -65,20 +74,30 @@ struct BackupCommand: ParsableCommand {
         do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let service = BackupService(logger: logger, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync, stallAfterSeed: injectStallAfterSeed)
+        let role: BackupRoleKeeper
+        let replicationSecurity: ReplicationSecurity
+        do {
+            replicationSecurity = try security.security(logger: logger)
+            let store = try coordination.store(machine: coordination.name ?? "unnamed", group: group, logger: logger)
+            role = BackupRoleKeeper(store: store, identity: CoordinationOptions.identity(role: "backup"), logger: logger)
+        } catch {
+            throw failure(error)
+        }
+        let service = BackupService(
+            logger: logger, role: role, machine: coordination.name, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync,
+            stallAfterSeed: injectStallAfterSeed)
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {
-            let security = try security.security(logger: logger)
-            let bound = try group.next().makeFutureWithTask {
-                try await service.listen(on: address, security: security, heartbeat: timing, group: group)
-            }.wait()
+            let bound = try blocking(on: group) {
+                try await service.listen(on: address, security: replicationSecurity, heartbeat: timing, group: group)
+            }
             logger.notice("waiting for a primary", metadata: ["replication": "\(bound)"])
         } catch {
             throw failure(error)
         }
         let promotion = service.waitForPromotion()
-        _ = try? group.next().makeFutureWithTask { await service.close() }.wait()
+        _ = try? blocking(on: group) { await service.close() }
         do {
             let code = try service.takeOver(promotion, listening: addresses)
             throw ExitCode(code)

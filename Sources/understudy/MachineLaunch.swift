@@ -115,6 +115,12 @@ struct GuestOptions: ParsableArguments {
     }
 }
 
+/// What a command refuses to do, in one line (not a usage error: the flags were well formed).
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// A failure of a command that runs a machine: one line on stderr, exit status 1.
 func failure(_ error: Error) -> ExitCode {
     FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))

@@ -55,8 +55,16 @@ struct PrimaryCommand: ParsableCommand {
     @Flag(name: .long, help: "active: check at every sync that the backup's whole state equals the primary's (a pass over memory on each side; for tests and diagnosis).")
     var verifySyncs = false
 
-    @Option(name: .long, help: "A seeded backup that leaves an output or a checkpoint unacknowledged this long counts as lost, though it heartbeats: the primary releases what it held and serves on unprotected (default 500ms).")
+    @Option(name: .long, help: "A seeded backup that leaves an output or a checkpoint unacknowledged this long counts as lost, though it heartbeats: the primary holds what it has until it has won the next generation alone, then serves on unprotected (default 500ms).")
     var ackTimeout: DurationArgument?
+
+    @Option(name: .long, help: "How long a primary that must win a generation (at start, or having lost its backup) keeps trying to reach etcd, holding its output meanwhile, before it stands down and exits with status 75 (default 5s).")
+    var fenceTimeout: DurationArgument?
+
+    @Option(name: .long, help: "Start even though etcd names another holder of the machine in this generation (that process must be gone: check before you pass it).")
+    var takeOverGeneration: UInt64?
+
+    @OptionGroup var coordination: CoordinationOptions
 
     @OptionGroup var heartbeat: HeartbeatOptions
 
@@ -99,23 +107,28 @@ struct PrimaryCommand: ParsableCommand {
             defer { endpoint?.close() }
             let prepared = try ModulePreparer().prepare(path: module)
             let name = URL(fileURLWithPath: module).lastPathComponent
+            let machineName = coordination.name ?? name
+            try CoordinationOptions.check(name: machineName)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let replicationSecurity = try security.security(logger: logger)
+            let role = try claimRole(machine: machineName, group: group, logger: logger)
             let configuration = guest.configuration(module: module, listenerCount: addresses.count)
             let manifest = RecordingManifest(
                 moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
                 listenerCount: configuration.listenerCount)
             let suspension = SuspensionRequest()
             let live = try LiveWorld(listening: addresses, suspension: suspension)
-            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             var options = PrimaryReplicator.Options(
-                mode: mode, backup: try backupAddress(), security: try security.security(logger: logger), heartbeat: try heartbeat.timing())
+                mode: mode, backup: try backupAddress(), security: replicationSecurity, heartbeat: try heartbeat.timing())
             if let epoch { options.epoch = epoch.duration }
             if let checkpointInterval { options.checkpointInterval = checkpointInterval.duration }
             if let syncEvery { options.syncInterval = syncEvery.duration }
             if let blockSize { options.blockSize = blockSize }
             options.verifySyncs = verifySyncs
             if let ackTimeout { options.ackTimeout = ackTimeout.duration }
+            options.machine = machineName
             let replicator = PrimaryReplicator(
-                options: options, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
+                options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)
             let machine = try Machine(prepared: prepared, world: replicator.world, suspension: suspension, configuration: configuration)
             replicator.start(machine)
@@ -124,6 +137,7 @@ struct PrimaryCommand: ParsableCommand {
                 metadata: [
                     "guest": "\(name)", "module": "\(prepared.hash.prefix(16))", "mode": "\(mode)",
                     "listen": "\(addresses.map(\.description).joined(separator: ","))", "backup": "\(backup)",
+                    "machine": "\(machineName)", "generation": "\(role.fencing.generation)",
                 ])
             let code: Int32
             do {
@@ -136,9 +150,38 @@ struct PrimaryCommand: ParsableCommand {
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit
+        } catch let standDown as StandDown {
+            FileHandle.standardError.write(Data("understudy: \(standDown)\n".utf8))
+            throw ExitCode(StandDown.exitCode)
         } catch {
             throw failure(error)
         }
+    }
+
+    /// Wins the machine's first generation before anything is served. A record held by another
+    /// process is left alone unless `--take-over-generation` names it.
+    private func claimRole(machine: String, group: EventLoopGroup, logger: Logger) throws -> PrimaryRoleKeeper {
+        let store = try coordination.store(machine: machine, group: group, logger: logger)
+        let timeout = fenceTimeout?.duration ?? .seconds(5)
+        let role = PrimaryRoleKeeper(store: store, holder: CoordinationOptions.identity(role: "primary"), fenceTimeout: timeout, logger: logger)
+        let deadline = ContinuousClock.now + timeout
+        var observed: GenerationRecord?
+        while true {
+            do {
+                observed = try blocking(on: group) { try await store.read() }
+                break
+            } catch {
+                guard ContinuousClock.now < deadline else { throw StandDown(reason: "\(error) (for --fence-timeout \(timeout.milliseconds) ms)") }
+                logger.warning("cannot read the machine's generation; retrying", metadata: ["reason": "\(error)"])
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        if let observed, observed.standing != .stopped, takeOverGeneration != observed.generation {
+            throw CommandError(
+                "machine \(machine) is \(observed) in \(store.location); if that process is gone, pass --take-over-generation \(observed.generation)")
+        }
+        try role.claim(after: observed?.generation ?? 0)
+        return role
     }
 }
 

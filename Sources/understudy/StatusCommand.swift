@@ -66,17 +66,17 @@ struct StatusCommand: ParsableCommand {
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var found: UnsafeMutablePointer<addrinfo>?
         guard getaddrinfo(address.host, "\(address.port)", &hints, &found) == 0, let info = found else {
-            throw StatusError("cannot resolve \(address.host)")
+            throw CommandError("cannot resolve \(address.host)")
         }
         defer { freeaddrinfo(found) }
         let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, 0)
-        guard fd >= 0 else { throw StatusError(String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw CommandError(String(cString: strerror(errno))) }
         defer { close(fd) }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw StatusError(String(cString: strerror(errno))) }
+        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { throw CommandError(String(cString: strerror(errno))) }
         let request = Array("GET /metrics HTTP/1.1\r\nHost: \(address.host)\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ FileDescriptorWriting.writeAll(fd, $0) }) == nil else { throw StatusError("the request failed") }
+        guard request.withUnsafeBytes({ FileDescriptorWriting.writeAll(fd, $0) }) == nil else { throw CommandError("the request failed") }
         var response = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 65_536)
         while true {
@@ -86,15 +86,10 @@ struct StatusCommand: ParsableCommand {
         }
         let text = String(decoding: response, as: UTF8.self)
         guard text.hasPrefix("HTTP/1.1 200"), let body = text.range(of: "\r\n\r\n") else {
-            throw StatusError("unexpected answer: \(text.prefix(60))")
+            throw CommandError("unexpected answer: \(text.prefix(60))")
         }
         return String(text[body.upperBound...])
     }
-}
-
-struct StatusError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// Prometheus text exposition, as far as `status` reads it: `name{labels} value` lines.

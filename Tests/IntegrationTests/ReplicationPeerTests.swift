@@ -29,7 +29,7 @@ final class ReplicationPeerTests: XCTestCase {
         let client = try LineClient(port: pair.servicePort, timeoutSeconds: 5)
         try client.send("*3\r\n$3\r\nSET\r\n$6\r\nduring\r\n$1\r\n2\r\n")
         XCTAssertEqual(try client.readLine(), "+OK")
-        try pair.primary.waitFor("backup lost; continuing unprotected")
+        try pair.primary.waitFor("generation won: serving alone", times: 2)
 
         try pair.restartBackup()
         try pair.primary.waitFor("the machine is protected", times: 2)
@@ -55,7 +55,7 @@ final class ReplicationPeerTests: XCTestCase {
             // redis-cli gives up after the harness's 30 s: a reply held for the backup fails here.
             XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "1", mode)
             try pair.primary.waitFor("the backup acknowledged nothing for")
-            try pair.primary.waitFor("backup lost; continuing unprotected")
+            try pair.primary.waitFor("generation won: serving alone", times: 2)
             XCTAssertTrue(pair.backup.process.isRunning, "\(mode): the backup is alive, only stuck")
         }
     }
@@ -73,7 +73,7 @@ final class ReplicationPeerTests: XCTestCase {
         let incrementer = try ClientProcess("redis-cli", ["-p", "\(pair.servicePort)", "-r", "1000000", "-i", "0", "INCR", "counter"])
         try Harness.waitUntil("an INCR acknowledged") { incrementer.output.hasPrefix("1\n") }
         kill(pair.backup.process.processIdentifier, SIGSTOP)
-        try pair.primary.waitFor("backup lost; continuing unprotected")
+        try pair.primary.waitFor("generation won: serving alone", times: 2)
         let during = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "INCR", "during-the-pause")), "no answer while the backup is paused")
         XCTAssertEqual(during, 1)
         usleep(200_000)
@@ -136,8 +136,9 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
         let residentBefore = try residentBytes(pair.backup.process.processIdentifier)
 
-        var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(13))
-        withUnsafeBytes(of: UInt32(1 << 30).littleEndian) { header.replaceSubrange(9..<13, with: $0) }
+        // sequence u64 | generation u64 | type u8 | length u32, then the header's CRC.
+        var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(21))
+        withUnsafeBytes(of: UInt32(1 << 30).littleEndian) { header.replaceSubrange(17..<21, with: $0) }
         withUnsafeBytes(of: CRC32C.checksum(header).littleEndian) { header.append(contentsOf: $0) }
         let flood = try WirePeer(port: pair.replicationPort)
         try flood.send(header)

@@ -65,7 +65,7 @@ final class CheckpointPackingTests: XCTestCase {
         let message = WireMessage.packing(epoch: 4, checkpoint: checkpoint)
         guard case .compressedCheckpoint(4, _, 200_000, let bytes) = message else { return XCTFail("\(message.kind)") }
         XCTAssertLessThan(bytes.count, checkpoint.count / 10)
-        let decoded = try WireCodec.decodePayload(type: 10, WireCodec.encode(message, sequence: 0)[17...].dropLast(4))
+        let decoded = try WireCodec.decodePayload(type: 10, WireCodec.encode(message, sequence: 0)[WireCodec.headerBytes...].dropLast(4))
         XCTAssertEqual(try decoded.unpackedCheckpoint()?.bytes, checkpoint)
         XCTAssertEqual(try decoded.unpackedCheckpoint()?.epoch, 4)
     }

@@ -75,7 +75,7 @@ final class HandshakeTests: XCTestCase {
     func testAWrongVersionModeOrHashIsRefusedWithItsReason() async throws {
         let (listener, address) = try await listener()
         let cases: [(WireMessage.Hello, String)] = [
-            (.init(protocolVersion: 9, mode: .remus, moduleHash: hash), "protocol version 9 is not supported (this backup speaks 4)"),
+            (.init(protocolVersion: 9, mode: .remus, moduleHash: hash), "protocol version 9 is not supported (this backup speaks \(WireCodec.protocolVersion))"),
             (.init(mode: .none, moduleHash: hash), "mode none needs no backup"),
             (.init(mode: .remus, moduleHash: "xyz"), "the module hash is not a SHA-256 in hex"),
         ]

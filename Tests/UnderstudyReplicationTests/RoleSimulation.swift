@@ -89,6 +89,8 @@ struct RoleSimulation {
     var holding = true  // until the first claim is won nothing leaves
     var primaryGeneration: UInt64 = 0
     var seededSession: Int?
+    /// The session output waits for: only its acknowledgements release it.
+    var protectingSession: Int?
     var nextSession = 1
 
     // The backup.
@@ -314,15 +316,16 @@ struct RoleSimulation {
             case .write(let record, let expected): storeWrite(from: .primary, record, ifGeneration: expected)
             case .retryLater:
                 at(now + 50_000) { sim throws(Violation) in try sim.on(.primary) { sim throws(Violation) in try sim.primaryActs(sim.primaryRole.retry()) } }
-            case .startHolding(let generation):
+            case .startHolding(let generation, let backup):
                 // Applied by the machine's thread at its next suspension, a moment later.
                 at(now + UInt64.random(in: 0...2_000, using: &random)) { sim throws(Violation) in
-                    try sim.on(.primary) { sim throws(Violation) in sim.startHolding(generation) }
+                    try sim.on(.primary) { sim throws(Violation) in sim.startHolding(generation, for: backup) }
                 }
             case .releaseEverything(let generation):
                 if generation > 1 { fencedAndWonAlone = true }
                 primaryGeneration = generation
                 holding = false
+                protectingSession = nil
                 note("primary releases everything in generation \(generation)")
                 for (write, _) in held { try release(write, by: "P", generation: generation, acknowledgedByBackup: false) }
                 held = []
@@ -337,12 +340,14 @@ struct RoleSimulation {
         }
     }
 
-    private mutating func startHolding(_ generation: UInt64) {
+    private mutating func startHolding(_ generation: UInt64, for backup: String?) {
         guard !primaryRole.hasStoodDown else { return }
         holding = true
         primaryGeneration = generation
         note("primary holds from position \(primaryState.count) in generation \(generation)")
-        if let session = seededSession, primaryRole.standing == .protected {
+        protectingSession = nil
+        if let session = seededSession, backup == "B#\(session)" {
+            protectingSession = session
             send(from: .primary, .marker(session: session, generation: generation, position: primaryState.count))
         }
     }
@@ -383,7 +388,7 @@ struct RoleSimulation {
                 try primaryActs(primaryRole.backupSeeded("B#\(session)"))
             }
             // Held output the backup holds may leave, whatever the standing (it can reproduce it).
-            guard seededSession == session else { return }
+            guard protectingSession == session else { return }
             while holding, let first = held.first, first.position <= position {
                 held.removeFirst()
                 try release(first.write, by: "P", generation: primaryGeneration, acknowledgedByBackup: true)

@@ -5,7 +5,8 @@ import XCTest
 
 final class WireCodecTests: XCTestCase {
     private let messages: [WireMessage] = [
-        .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32))), .welcome, .refusal("wrong module"),
+        .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32), generation: 9, machine: "kv")), .welcome,
+        .refusal("wrong module"), .protecting(generation: 7, position: 1234),
         .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
         .compressedCheckpoint(epoch: 9, encoding: .zstd, size: 70_000, bytes: Array(repeating: 3, count: 300)),
         .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,
@@ -112,9 +113,9 @@ final class WireCodecTests: XCTestCase {
         XCTAssertEqual(decodeAll(skipped).1, .outOfOrder(expected: 1, found: 2))
 
         var unknown = WireCodec.encode(.heartbeat, sequence: 0)
-        unknown[8] = 77  // the type; both checksums are then recomputed, as a buggy peer would
-        let headerCRC = unknown.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<13])) }
-        withUnsafeBytes(of: headerCRC.littleEndian) { unknown.replaceSubrange(13..<17, with: $0) }
+        unknown[16] = 77  // the type, after sequence and generation; both checksums are then recomputed, as a buggy peer would
+        let headerCRC = unknown.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<21])) }
+        withUnsafeBytes(of: headerCRC.littleEndian) { unknown.replaceSubrange(21..<25, with: $0) }
         XCTAssertEqual(decodeAll(unknown).1, .unknownType(77))
 
         let big = WireCodec.encode(.module(bytes: Array(repeating: 1, count: 96), configuration: []), sequence: 0)  // + 4 bytes of length
@@ -123,11 +124,25 @@ final class WireCodecTests: XCTestCase {
 
     func testAHelloWithAnUnknownModeIsMalformed() {
         var hello = WireCodec.encode(.hello(.init(mode: .remus, moduleHash: "ab")), sequence: 0)
-        hello[17 + 2] = 9  // the mode byte, after the 17-byte header and the 2-byte version
+        hello[WireCodec.headerBytes + 2] = 9  // the mode byte, after the header and the 2-byte version
         let payloadEnd = hello.count - 4
-        let crc = hello.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[17..<payloadEnd])) }
+        let crc = hello.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[WireCodec.headerBytes..<payloadEnd])) }
         withUnsafeBytes(of: crc.littleEndian) { hello.replaceSubrange(payloadEnd..., with: $0) }
         XCTAssertEqual(decodeAll(hello).1, .malformed("hello names an unknown mode"))
+    }
+
+    /// The fencing token: a decoder that knows generation 5 refuses a frame of 4 on its header,
+    /// and takes frames of 5 and later.
+    func testAFrameOfAnOlderGenerationIsRefused() throws {
+        var decoder = WireDecoder()
+        decoder.minimumGeneration = 5
+        decoder.append(WireCodec.encode(.heartbeat, sequence: 0, generation: 5) + WireCodec.encode(.heartbeat, sequence: 1, generation: 6))
+        XCTAssertEqual(try decoder.next(), .heartbeat)
+        XCTAssertEqual(try decoder.next(), .heartbeat)
+        var fenced = WireDecoder()
+        fenced.minimumGeneration = 5
+        fenced.append(WireCodec.encode(.heartbeat, sequence: 0, generation: 4))
+        XCTAssertThrowsError(try fenced.next()) { XCTAssertEqual($0 as? WireError, .staleGeneration(found: 4, known: 5)) }
     }
 
     func testAfterARefusedFrameTheDecoderRefusesEverything() throws {

@@ -37,6 +37,8 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         var gate = OutputCommitGate<Held>()
         var released: [Output] = []
         var protected = false
+        /// Stood down: nothing is ever released again.
+        var droppingAll = false
     }
 
     private let inner: MachineWorld
@@ -73,29 +75,43 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
     public var oldestHeldSince: ContinuousClock.Instant? { withShared { $0.gate.oldest?.since } }
 
     /// From now on outputs wait for the backup. Every position below `acknowledged` counts as
-    /// acknowledged already (what the backup holds from its seed).
+    /// acknowledged already (what the backup holds so far). Only from unprotected, with nothing
+    /// held: positions may restart with a new backup (remus counts its epochs per backup).
     public func protect(acknowledgedBelow acknowledged: UInt64) {
         var gate = OutputCommitGate<Held>()
         _ = try? gate.acknowledge(below: acknowledged)  // an empty gate releases nothing
         withShared { shared in
+            precondition(!shared.protected && shared.gate.heldCount == 0, "protecting a world that already holds output")
             shared.gate = gate
             shared.protected = true
         }
     }
 
-    /// The backup is gone: everything held leaves now, and later output goes straight out.
-    /// Any thread.
+    /// Everything held leaves now, and later output goes straight out: the primary holds the
+    /// machine alone (it has won a generation alone). Any thread.
     public func unprotect() {
         withShared { shared in
+            guard !shared.droppingAll else { return }
             shared.protected = false
             shared.released += shared.gate.releaseAll().map(\.output)
         }
         wake.raise()
     }
 
+    /// The primary lost its role: what is held is dropped (the new primary produces it again),
+    /// and nothing produced from now on leaves. Any thread.
+    public func dropEverything() {
+        withShared { shared in
+            shared.gate = OutputCommitGate<Held>()
+            shared.protected = true
+            shared.droppingAll = true
+        }
+    }
+
     /// The backup holds every position below `position`. Any thread.
     public func acknowledge(below position: UInt64) throws(OutputCommitGate<Held>.AcknowledgementError) {
         let oldest = try withShared { shared throws(OutputCommitGate<Held>.AcknowledgementError) -> ContinuousClock.Instant? in
+            guard !shared.droppingAll else { return nil }
             let now = try shared.gate.acknowledge(below: position)
             shared.released += now.map(\.output)
             return now.first?.since

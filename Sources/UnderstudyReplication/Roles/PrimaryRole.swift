@@ -29,8 +29,9 @@ public struct PrimaryRole: Sendable {
         case write(GenerationRecord, ifGeneration: UInt64)
         /// The same write again after `retryDelay` (the store did not answer).
         case retryLater
-        /// From now on output waits for the backup's acknowledgement; frames carry `generation`.
-        case startHolding(generation: UInt64)
+        /// From now on output waits for `backup`'s acknowledgement (nil: for nobody, until the
+        /// next generation is won); frames carry `generation`.
+        case startHolding(generation: UInt64, backup: String?)
         /// Everything held leaves now, and later output goes straight out; frames carry `generation`.
         case releaseEverything(generation: UInt64)
         /// Drop what is held, close the listeners, say why and exit non-zero.
@@ -140,7 +141,7 @@ public struct PrimaryRole: Sendable {
             // Recorded protected by a backup that is gone since, it protects nothing, and its
             // generation must not be served alone: hold until the next one is won alone.
             let backupStayed = seededBackup == record.backup
-            if standing != .fencing { actions.append(.startHolding(generation: generation)) }
+            if standing != .fencing { actions.append(.startHolding(generation: generation, backup: backupStayed ? record.backup : nil)) }
             standing = backupStayed ? .protected : .fencing
             if !backupStayed { needingSince = now }
         case .stopped:

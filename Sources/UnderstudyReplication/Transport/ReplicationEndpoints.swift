@@ -33,7 +33,7 @@ public final class ReplicationListener: Sendable {
 
     public static func bind(
         _ address: ServiceAddress, security: ReplicationSecurity, group: EventLoopGroup, logger: Logger,
-        heartbeat: HeartbeatTiming = .standard,
+        heartbeat: HeartbeatTiming = .standard, fencing: FencingToken = FencingToken(),
         admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String? = { _, _ in nil },
         onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in },
         onClose: @escaping @Sendable (Channel) -> Void = { _ in }
@@ -51,7 +51,7 @@ public final class ReplicationListener: Sendable {
                 child.closeFuture.whenComplete { _ in open.release() }
                 return child.eventLoop.makeCompletedFuture {
                     try security.addServerHandlers(to: child.pipeline.syncOperations, logger: logger)
-                    try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
+                    try child.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger, fencing: fencing, refusingOlder: true))
                     try child.pipeline.syncOperations.addHandler(
                         HeartbeatHandler(timing: heartbeat, logger: logger))
                     try child.pipeline.syncOperations.addHandler(
@@ -169,9 +169,10 @@ public enum ReplicationConnectError: Error, CustomStringConvertible, Equatable {
 
 /// The primary's side: connects, says hello, and returns the channel once welcomed.
 public enum ReplicationConnector {
+    /// Frames carry `fencing`'s generation as it is when each is written.
     public static func connect(
         to address: ServiceAddress, hello: WireMessage.Hello, security: ReplicationSecurity, group: EventLoopGroup,
-        logger: Logger, heartbeat: HeartbeatTiming = .standard
+        logger: Logger, heartbeat: HeartbeatTiming = .standard, fencing: FencingToken = FencingToken()
     ) async throws -> Channel {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -180,7 +181,7 @@ public enum ReplicationConnector {
         let answer = channel.eventLoop.makePromise(of: Void.self)
         try await channel.eventLoop.submit {
             try security.addClientHandlers(to: channel.pipeline.syncOperations)
-            try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger))
+            try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger, fencing: fencing, refusingOlder: false))
             try channel.pipeline.syncOperations.addHandler(
                 HeartbeatHandler(timing: heartbeat, logger: logger))
             try channel.pipeline.syncOperations.addHandler(PrimaryHandshakeHandler(answer: answer))

@@ -14,6 +14,9 @@ public enum ReplicationSecurity: Sendable {
     case mutualTLS(MutualTLS)
 
     public struct MutualTLS: Sendable {
+        /// How long a closing side waits for its peer's close_notify before closing anyway.
+        static let shutdownTimeout = TimeAmount.milliseconds(1)
+
         let server: NIOSSLContext
         let client: NIOSSLContext
 
@@ -36,12 +39,17 @@ public enum ReplicationSecurity: Sendable {
             var serverConfiguration = TLSConfiguration.makeServerConfigurationWithMTLS(
                 certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey), trustRoots: .certificates(roots))
             serverConfiguration.minimumTLSVersion = .tlsv13
+            // A connection is closed when its peer is judged gone (silent, or refused): waiting
+            // for the peer's close_notify (5 s by default) would keep a paused primary's
+            // connection open, and the backup's claim behind it, until the primary resumed.
+            serverConfiguration.shutdownTimeout = Self.shutdownTimeout
             var clientConfiguration = TLSConfiguration.makeClientConfiguration()
             clientConfiguration.certificateChain = chain.map { .certificate($0) }
             clientConfiguration.privateKey = .privateKey(privateKey)
             clientConfiguration.trustRoots = .certificates(roots)
             clientConfiguration.certificateVerification = .noHostnameVerification
             clientConfiguration.minimumTLSVersion = .tlsv13
+            clientConfiguration.shutdownTimeout = Self.shutdownTimeout
             do {
                 server = try NIOSSLContext(configuration: serverConfiguration)
                 client = try NIOSSLContext(configuration: clientConfiguration)

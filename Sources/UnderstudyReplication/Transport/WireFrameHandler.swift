@@ -13,17 +13,26 @@ final class WireFrameHandler: ChannelDuplexHandler {
     private var decoder: WireDecoder
     private var encoder = WireEncoder()
     private let logger: Logger
+    /// Stamped on every frame sent; with `refusingOlder`, the oldest generation taken in.
+    private let fencing: FencingToken
+    private let refusingOlder: Bool
+    /// Past the handshake: the hello's generation is judged by the backup with a reason it says;
+    /// only the frames after it are refused for their generation here.
+    private var welcomed = false
 
     /// Starts at the handshake's bound; `WireHandshakeDone`, sent down the pipeline by the
     /// handshake handler, raises it to the stream's.
-    init(logger: Logger, maximumPayload: Int = WireLimits.handshakePayloadMax) {
+    init(logger: Logger, fencing: FencingToken, refusingOlder: Bool, maximumPayload: Int = WireLimits.handshakePayloadMax) {
         self.logger = logger
+        self.fencing = fencing
+        self.refusingOlder = refusingOlder
         decoder = WireDecoder(maximumPayload: maximumPayload)
     }
 
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
         guard event is WireHandshakeDone else { return context.triggerUserOutboundEvent(event, promise: promise) }
         decoder.maximumPayload = WireLimits.streamPayloadMax
+        welcomed = true
         promise?.succeed()
     }
 
@@ -33,6 +42,7 @@ final class WireFrameHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(WireBytesArrived())
         var buffer = unwrapInboundIn(data)
         if let bytes = buffer.readBytes(length: buffer.readableBytes) { decoder.append(bytes) }
+        if refusingOlder && welcomed { decoder.minimumGeneration = fencing.generation }
         do {
             while let message = try decoder.next() { context.fireChannelRead(wrapInboundOut(message)) }
         } catch {
@@ -44,6 +54,7 @@ final class WireFrameHandler: ChannelDuplexHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        encoder.generation = fencing.generation
         let frame = encoder.encodeFrame(unwrapOutboundIn(data))
         var buffer = context.channel.allocator.buffer(capacity: frame.byteCount)
         buffer.writeBytes(frame.head)

@@ -1,7 +1,8 @@
 import UnderstudyCore
 
-/// Frames on the replication connection: `sequence u64 | type u8 | length u32 | header CRC-32C |
-/// payload | payload CRC-32C`. The header has its own checksum so that a damaged length is caught
+/// Frames on the replication connection: `sequence u64 | generation u64 | type u8 | length u32 |
+/// header CRC-32C | payload | payload CRC-32C`. The generation is the sender's fencing token
+/// (DESIGN.md, "One primary"): a backup refuses frames older than the generation it knows. The header has its own checksum so that a damaged length is caught
 /// before the receiver waits for bytes that will never come. Sequence numbers count the frames
 /// one side has sent, from 0, so a lost, repeated or reordered frame is caught where it arrives.
 /// What a frame may carry before the handshake is done: a hello, a welcome, a refusal. A peer
@@ -13,13 +14,13 @@ public enum WireLimits {
 }
 
 public enum WireCodec {
-    /// 4: the module message carries the primary's prepared module, not the original.
-    public static let protocolVersion: UInt16 = 4
-    static let headerBytes = 8 + 1 + 4 + 4
+    /// 5: frames and the hello carry the generation; the `protecting` marker.
+    public static let protocolVersion: UInt16 = 5
+    static let headerBytes = 8 + 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
-    public static func encode(_ message: WireMessage, sequence: UInt64) -> [UInt8] {
-        let frame = encodeFrame(message, sequence: sequence)
+    public static func encode(_ message: WireMessage, sequence: UInt64, generation: UInt64 = 0) -> [UInt8] {
+        let frame = encodeFrame(message, sequence: sequence, generation: generation)
         var bytes = frame.head
         bytes += frame.tail
         withUnsafeBytes(of: frame.payloadCRC.littleEndian) { bytes.append(contentsOf: $0) }
@@ -36,11 +37,12 @@ public enum WireCodec {
         public var byteCount: Int { head.count + tail.count + trailerBytes }
     }
 
-    public static func encodeFrame(_ message: WireMessage, sequence: UInt64) -> Frame {
+    public static func encodeFrame(_ message: WireMessage, sequence: UInt64, generation: UInt64 = 0) -> Frame {
         var small = ByteWriter()
         let (type, tail) = encodePayload(message, into: &small)
         var head = ByteWriter()
         head.u64(sequence)
+        head.u64(generation)
         head.u8(type)
         head.u32(UInt32(small.bytes.count + tail.count))
         head.u32(head.bytes.withUnsafeBytes { CRC32C.checksum($0) })
@@ -51,7 +53,7 @@ public enum WireCodec {
     }
 
     /// How many payload bytes `message` puts on the wire (the replicated-bytes metrics): its frame
-    /// less the fixed 21 bytes of header and trailer.
+    /// less the fixed 29 bytes of header and trailer.
     public static func payloadBytes(_ message: WireMessage) -> Int {
         var small = ByteWriter()
         let (_, tail) = encodePayload(message, into: &small)
@@ -65,6 +67,8 @@ public enum WireCodec {
             w.u16(hello.protocolVersion)
             w.u8(hello.mode.rawValue)
             w.string(hello.moduleHash)
+            w.u64(hello.generation)
+            w.string(hello.machine)
             return (1, [])
         case .welcome:
             return (2, [])
@@ -120,6 +124,10 @@ public enum WireCodec {
             w.u8(patch.encoding.rawValue)
             w.u32(patch.size)
             return (15, patch.bytes)
+        case .protecting(let generation, let position):
+            w.u64(generation)
+            w.u64(position)
+            return (16, [])
         }
     }
 
@@ -131,7 +139,9 @@ public enum WireCodec {
             case 1:
                 let version = try r.u16()
                 guard let mode = ReplicationMode(rawValue: try r.u8()) else { throw WireError.malformed("hello names an unknown mode") }
-                message = .hello(.init(protocolVersion: version, mode: mode, moduleHash: try r.string()))
+                let hash = try r.string()
+                let generation = try r.u64()
+                message = .hello(.init(protocolVersion: version, mode: mode, moduleHash: hash, generation: generation, machine: try r.string()))
             case 2: message = .welcome
             case 3: message = .refusal(String(decoding: try r.raw(payload.count), as: UTF8.self))
             case 4:
@@ -169,6 +179,7 @@ public enum WireCodec {
                 guard let encoding = BlockEncoding(rawValue: try r.u8()) else { throw WireError.malformed("unknown block encoding") }
                 let packed = PackedBytes(encoding: encoding, size: try r.u32(), bytes: Array(try r.raw(payload.count - 13)))
                 message = type == 14 ? .syncRepair(sync: number, repair: packed) : .blockCheckpoint(epoch: number, patch: packed)
+            case 16: message = .protecting(generation: try r.u64(), position: try r.u64())
             default: throw WireError.unknownType(type)
             }
         } catch let error as WireError {
@@ -182,7 +193,7 @@ public enum WireCodec {
 
     private static let typeNames = [
         "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
-        "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair", "block checkpoint",
+        "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair", "block checkpoint", "protecting",
     ]
 
     private static func name(of type: UInt8) -> String {
@@ -197,6 +208,8 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
     case unknownType(UInt8)
     case tooLarge(bytes: UInt64, limit: Int)
     case malformed(String)
+    /// A frame of a generation older than the receiver knows: from a fenced-off primary.
+    case staleGeneration(found: UInt64, known: UInt64)
 
     public var description: String {
         switch self {
@@ -206,6 +219,7 @@ public enum WireError: Error, Equatable, CustomStringConvertible {
         case .unknownType(let type): return "unknown frame type \(type)"
         case .tooLarge(let bytes, let limit): return "a frame of \(bytes) bytes exceeds the limit of \(limit)"
         case .malformed(let reason): return "malformed frame: \(reason)"
+        case .staleGeneration(let found, let known): return "a frame of generation \(found), older than generation \(known)"
         }
     }
 }
@@ -217,6 +231,8 @@ public struct WireDecoder: Sendable {
     /// Bounds what one frame can make the receiver buffer; checked on the header, before any of
     /// the payload is kept. The connection raises it once the handshake is done.
     public var maximumPayload: Int
+    /// Frames of an older generation are refused (a backup sets it to the newest it knows).
+    public var minimumGeneration: UInt64 = 0
     private var buffered: [UInt8] = []
     private var expected: UInt64 = 0
     private var failure: WireError?
@@ -244,15 +260,16 @@ public struct WireDecoder: Sendable {
     private mutating func decodeNext() throws(WireError) -> WireMessage? {
         guard buffered.count >= WireCodec.headerBytes else { return nil }
         var header = ByteReader(buffered[..<WireCodec.headerBytes])
-        let (sequence, type, length, headerCRC): (UInt64, UInt8, UInt32, UInt32)
+        let (sequence, generation, type, length, headerCRC): (UInt64, UInt64, UInt8, UInt32, UInt32)
         do {
-            (sequence, type, length, headerCRC) = (try header.u64(), try header.u8(), try header.u32(), try header.u32())
+            (sequence, generation, type, length, headerCRC) = (try header.u64(), try header.u64(), try header.u8(), try header.u32(), try header.u32())
         } catch {
             return nil  // not reachable: the header is all there
         }
         let headerComputed = buffered.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(WireCodec.headerBytes - 4)])) }
         guard headerCRC == headerComputed else { throw .corruptHeader(sequence: expected) }
         guard sequence == expected else { throw .outOfOrder(expected: expected, found: sequence) }
+        guard generation >= minimumGeneration else { throw .staleGeneration(found: generation, known: minimumGeneration) }
         guard Int(length) <= maximumPayload else { throw .tooLarge(bytes: UInt64(length), limit: maximumPayload) }
         let total = WireCodec.headerBytes + Int(length) + WireCodec.trailerBytes
         guard buffered.count >= total else { return nil }
@@ -272,16 +289,18 @@ public struct WireDecoder: Sendable {
 /// Numbers the frames one side sends.
 public struct WireEncoder: Sendable {
     public private(set) var sent: UInt64 = 0
+    /// Stamped on every frame: the generation the sender holds or knows.
+    public var generation: UInt64 = 0
 
     public init() {}
 
     public mutating func encode(_ message: WireMessage) -> [UInt8] {
         defer { sent += 1 }
-        return WireCodec.encode(message, sequence: sent)
+        return WireCodec.encode(message, sequence: sent, generation: generation)
     }
 
     public mutating func encodeFrame(_ message: WireMessage) -> WireCodec.Frame {
         defer { sent += 1 }
-        return WireCodec.encodeFrame(message, sequence: sent)
+        return WireCodec.encodeFrame(message, sequence: sent, generation: generation)
     }
 }

@@ -37,17 +37,31 @@ public enum WireMessage: Equatable, Sendable {
     case syncDiffers(sync: UInt64, blockSize: UInt16, stateDigest: UInt64, hashes: [UInt8])
     /// Primary → backup: a `BlockPatch`, packed as `PackedBytes`.
     case syncRepair(sync: UInt64, repair: PackedBytes)
+    /// Primary → backup: the store records this backup as protecting the machine in
+    /// `generation`, and from `position` on (a log position in `llm` and `active`, a checkpoint
+    /// in `remus`) output waits for it. The primary released what came before alone: the backup
+    /// may take over only once it holds everything up to `position`.
+    case protecting(generation: UInt64, position: UInt64)
 
     public struct Hello: Equatable, Sendable {
         public var protocolVersion: UInt16
         public var mode: ReplicationMode
         /// SHA-256 (hex) of the prepared module.
         public var moduleHash: String
+        /// The generation the primary holds: a backup that knows a newer one refuses it.
+        public var generation: UInt64
+        /// The machine's name (`--name`): a backup for another machine refuses it.
+        public var machine: String
 
-        public init(protocolVersion: UInt16 = WireCodec.protocolVersion, mode: ReplicationMode, moduleHash: String) {
+        public init(
+            protocolVersion: UInt16 = WireCodec.protocolVersion, mode: ReplicationMode, moduleHash: String, generation: UInt64 = 0,
+            machine: String = ""
+        ) {
             self.protocolVersion = protocolVersion
             self.mode = mode
             self.moduleHash = moduleHash
+            self.generation = generation
+            self.machine = machine
         }
     }
 
@@ -69,6 +83,7 @@ public enum WireMessage: Equatable, Sendable {
         case .syncMatched: return "sync matched"
         case .syncDiffers: return "sync differs"
         case .syncRepair: return "sync repair"
+        case .protecting: return "protecting"
         }
     }
 

@@ -25,8 +25,9 @@ final class UnderstudyProcess {
     }
 }
 
-/// `understudy backup` and `understudy primary GUEST --mode MODE` on loopback, the primary
-/// protected (the backup holds its seed) when `init` returns.
+/// `understudy backup` and `understudy primary GUEST --mode MODE` on loopback, fenced by a real
+/// etcd of their own (unless a test asks for none), the primary protected (the backup holds its
+/// seed and the store records it) when `init` returns.
 final class ProtectedPair {
     let servicePort = Harness.freePort()
     let replicationPort = Harness.freePort()
@@ -52,22 +53,38 @@ final class ProtectedPair {
 
     let security: Security
 
+    /// Where the generation is kept: a real etcd started for the pair, or nowhere (the pair then
+    /// says that nothing fences a pause or a partition).
+    enum Coordination {
+        case etcd
+        case none
+    }
+
+    let etcd: EtcdServer?
+    /// The machine's name: its key in etcd.
+    var machine: String { "pair-\(servicePort)" }
+    var coordinationFlags: [String] { etcd.map { ["--etcd", $0.endpoint, "--name", machine] } ?? [] }
+
     init(
-        _ guest: String, mode: String, security: Security = .tls, guestArguments: [String] = [], primaryOptions: [String] = [],
-        backupOptions: [String] = []
+        _ guest: String, mode: String, security: Security = .tls, coordination: Coordination = .etcd, guestArguments: [String] = [],
+        primaryOptions: [String] = [], backupOptions: [String] = []
     ) throws {
         self.mode = mode
         self.guest = guest
         self.guestArguments = guestArguments
         self.security = security
+        let etcd = coordination == .etcd ? try EtcdServer() : nil
+        self.etcd = etcd
+        let name = "pair-\(servicePort)"
+        let coordinationFlags = etcd.map { ["--etcd", $0.endpoint, "--name", name] } ?? []
         backup = try Self.startBackup(
-            replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + backupOptions)
+            replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + coordinationFlags + backupOptions)
         primary = try UnderstudyProcess(
             "primary",
             [
                 "primary", try Harness.guest(guest), "--listen", "127.0.0.1:\(servicePort)", "--backup",
                 "127.0.0.1:\(replicationPort)", "--mode", mode,
-            ] + (try security.flags()) + primaryOptions + (guestArguments.isEmpty ? [] : ["--"] + guestArguments))
+            ] + (try security.flags()) + coordinationFlags + primaryOptions + (guestArguments.isEmpty ? [] : ["--"] + guestArguments))
         try primary.waitFor("the machine is protected")
     }
 
@@ -84,7 +101,7 @@ final class ProtectedPair {
     /// Replaces the backup (after killing it) with a new process on the same ports.
     func restartBackup() throws {
         backup.kill()
-        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: try security.flags())
+        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + coordinationFlags)
     }
 
     /// SIGKILLs the primary and waits for the backup to serve; returns the milliseconds from the

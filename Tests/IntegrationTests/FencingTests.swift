@@ -1,0 +1,108 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// The generation on a real etcd keeps "one primary" true when the primary is only paused (a GC
+/// stall, CPU starvation, a hypervisor pause): SIGSTOP for 50 ms, 250 ms, 1 s and 5 s under INCR
+/// load, then SIGCONT. Afterwards exactly one process serves — the backup, having won the
+/// generation, with the resumed primary stood down (status 75), or the primary, the backup not
+/// having taken over — and the counter it serves is at least the highest value any client saw.
+final class FencingTests: XCTestCase {
+    static let pauses: [useconds_t] = [50_000, 250_000, 1_000_000, 5_000_000]
+
+    func testAPausedPrimaryNeverServesBesideItsBackupInLLMMode() throws { try pauses(mode: "llm") }
+    func testAPausedPrimaryNeverServesBesideItsBackupInRemusMode() throws { try pauses(mode: "remus") }
+    func testAPausedPrimaryNeverServesBesideItsBackupInActiveMode() throws { try pauses(mode: "active") }
+
+    private func pauses(mode: String) throws {
+        var outcomes: [String] = []
+        for pause in Self.pauses { outcomes.append(try pausedPrimary(mode: mode, pause: pause)) }
+        print("\(mode): \(outcomes.joined(separator: "; "))")
+    }
+
+    /// Returns what happened, for the log.
+    private func pausedPrimary(mode: String, pause: useconds_t) throws -> String {
+        let label = "\(mode), paused \(pause / 1000) ms"
+        let pair = try ProtectedPair("kv", mode: mode)
+        defer { pair.stop() }
+        let load = IncrementLoad(port: pair.servicePort, key: "counter")
+        defer { load.stop() }
+        try Harness.waitUntil("\(label): INCRs acknowledged before the pause") { load.highest >= 20 }
+        let primary = pair.primary.process.processIdentifier
+        kill(primary, SIGSTOP)
+        usleep(pause)
+        kill(primary, SIGCONT)
+        let resumedAt = load.highest
+
+        // Settled: the backup serves and the primary is gone, or the primary serves and the
+        // backup never took over.
+        try Harness.waitUntil("\(label): one process serving, acknowledging INCRs again", seconds: 45) {
+            let backupServes = pair.backup.output.contains("] serving")
+            return load.highest > resumedAt + 10 && (backupServes ? !pair.primary.process.isRunning : pair.primary.process.isRunning)
+        }
+        let backupServes = pair.backup.output.contains("] serving")
+        if backupServes {
+            XCTAssertEqual(pair.primary.process.terminationStatus, 75, "\(label): the resumed primary did not stand down:\n\(pair.primary.output.suffix(3000))")
+            XCTAssertTrue(pair.primary.output.contains("standing down: lost the primary role"), "\(label):\n\(pair.primary.output.suffix(3000))")
+            XCTAssertTrue(pair.backup.output.contains("the primary is gone; taking over"), "\(label):\n\(pair.backup.output.suffix(3000))")
+        } else {
+            XCTAssertFalse(
+                pair.backup.output.contains("taking over"),
+                "\(label): the backup took over a primary that serves on:\n\(pair.backup.output.suffix(3000))\nprimary:\n\(pair.primary.output.suffix(3000))")
+        }
+        load.stop()
+        let highest = load.highest
+        let served = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "GET", "counter")), "\(label): the counter is not a number")
+        XCTAssertGreaterThanOrEqual(served, highest, "\(label): an acknowledged INCR is lost (a client saw \(highest))")
+        XCTAssertEqual(load.errors, [], "\(label): a reply that was not an integer")
+        return "\(pause / 1000) ms: \(backupServes ? "backup took over" : "primary served on"), counter \(served) ≥ \(highest)"
+    }
+}
+
+/// INCRs one at a time on a connection, reconnecting whenever it breaks or a reply does not come
+/// within a second: the highest value the service acknowledged, whoever served it.
+final class IncrementLoad: @unchecked Sendable {
+    private let lock = NSLock()
+    private var best = 0
+    private var oddities: [String] = []
+    private var running = true
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+
+    var highest: Int { lock.withLock { best } }
+    /// Replies that were neither an integer nor a broken connection.
+    var errors: [String] { lock.withLock { oddities } }
+
+    init(port: UInt16, key: String) {
+        let request = "*2\r\n$4\r\nINCR\r\n$\(key.utf8.count)\r\n\(key)\r\n"
+        let thread = Thread { [self] in
+            defer { finished.signal() }
+            while lock.withLock({ running }) {
+                guard let client = try? LineClient(port: port, timeoutSeconds: 1) else {
+                    usleep(5_000)
+                    continue
+                }
+                while lock.withLock({ running }) {
+                    guard (try? client.send(request)) != nil, let reply = try? client.readLine() else { break }
+                    guard reply.hasPrefix(":"), let value = Int(reply.dropFirst()) else {
+                        lock.withLock { oddities.append(reply) }
+                        break
+                    }
+                    lock.withLock { best = max(best, value) }
+                }
+                client.close()
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Stops and waits for the last request's answer (at most the read timeout).
+    func stop() {
+        let wasRunning = lock.withLock { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        if wasRunning { _ = finished.wait(timeout: .now() + 5) }
+    }
+}
