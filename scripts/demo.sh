@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # make demo: a protected key-value guest failing over. A backup and a primary (llm mode, then the
-# remus baseline) serve kv on one port, driven by Debian's redis-cli and redis-benchmark; the
-# primary is killed with SIGKILL under load, the backup takes the port over, and every INCR a
-# client saw acknowledged is still there; the downtime is measured. Then the unprotected machine:
-# recorded, killed, its recording replayed and verified, its last checkpoint restored.
+# remus baseline) serve kv on one port, driven by Debian's redis-cli and redis-benchmark, fenced
+# by the machine's generation on a real etcd started here; the primary is killed with SIGKILL
+# under load, the backup wins the next generation and takes the port over, and every INCR a
+# client saw acknowledged is still there; the downtime is measured. Then a primary only paused
+# (SIGSTOP for a second): the backup wins the generation, the resumed primary stands down, and
+# nothing acknowledged is lost. Then the unprotected machine: recorded, killed, its recording
+# replayed and verified, its last checkpoint restored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$1
@@ -25,14 +28,26 @@ certificates=$(mktemp -d /tmp/understudy-demo-certs-XXXXXX)
 scripts/certs.sh "$certificates"
 tls=(--tls-cert "$certificates/node.pem" --tls-key "$certificates/node.key" --tls-ca "$certificates/ca.pem")
 servers=()
+# The machines' generations live in an etcd of the demo's own, on loopback.
+etcd_data=$(mktemp -d /tmp/understudy-demo-etcd-XXXXXX)
+etcd_port=$(free_port)
+etcd_peer=$(free_port)
 stop_servers() {
     for pid in "${servers[@]}"; do
+        kill -CONT "$pid" 2>/dev/null || true
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$certificates"
+    rm -rf "$certificates" "$etcd_data"
 }
 trap stop_servers EXIT
+echo "== etcd on 127.0.0.1:$etcd_port (the machines' generations)"
+etcd --data-dir "$etcd_data/data" --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "default=http://127.0.0.1:$etcd_peer" --logger zap --log-level error --log-outputs "$etcd_data/etcd.log" &
+servers+=($!)
+wait_listening "$etcd_port"
+etcd=(--etcd "http://127.0.0.1:$etcd_port")
 
 # SIGKILL a process and time until the service on a port answers PING again.
 kill_and_time() {
@@ -53,23 +68,31 @@ print(f"{(time.perf_counter() - started) * 1000:.1f}")
 PY
 }
 
-failover() {
-    local mode=$1; shift
+# Starts a backup and a primary of machine $1 in mode $2 (more primary flags after); sets
+# $backup and $primary to their pids.
+start_pair() {
+    local name=$1 mode=$2; shift 2
     local replication
     replication=$(free_port)
-    echo
-    echo "=== failover, mode $mode"
-    echo "== understudy backup --replication 127.0.0.1:$replication --listen 127.0.0.1:$port \$tls"
-    "$bin" backup --replication "127.0.0.1:$replication" --listen "127.0.0.1:$port" "${tls[@]}" &
-    local backup=$!
+    echo "== understudy backup --replication 127.0.0.1:$replication --listen 127.0.0.1:$port --name $name --etcd … \$tls"
+    "$bin" backup --replication "127.0.0.1:$replication" --listen "127.0.0.1:$port" --name "$name" "${etcd[@]}" "${tls[@]}" &
+    backup=$!
     servers+=($backup)
     sleep 0.3
-    echo "== understudy primary guests/build/kv.wasm --listen 127.0.0.1:$port --backup 127.0.0.1:$replication --mode $mode \$tls $*"
-    "$bin" primary guests/build/kv.wasm --listen "127.0.0.1:$port" --backup "127.0.0.1:$replication" --mode "$mode" "${tls[@]}" "$@" &
-    local primary=$!
+    echo "== understudy primary guests/build/kv.wasm --listen 127.0.0.1:$port --backup 127.0.0.1:$replication --mode $mode --name $name --etcd … \$tls $*"
+    "$bin" primary guests/build/kv.wasm --listen "127.0.0.1:$port" --backup "127.0.0.1:$replication" --mode "$mode" --name "$name" \
+        "${etcd[@]}" "${tls[@]}" "$@" &
+    primary=$!
     servers+=($primary)
     wait_listening "$port"
-    sleep 1  # the backup is seeded
+    sleep 1  # the backup is seeded, and recorded as protecting
+}
+
+failover() {
+    local mode=$1; shift
+    echo
+    echo "=== failover, mode $mode"
+    start_pair "demo-$mode" "$mode" "$@"
     redis-cli -p "$port" set greeting "hello from $mode" >/dev/null
     echo "== redis-benchmark -p $port -t set,incr -n 20000 -q"
     redis-benchmark -p "$port" -t set,incr -n 20000 -q 2>&1 | tr '\r' '\n' | grep "requests per second"
@@ -96,8 +119,41 @@ failover() {
     wait "$backup" 2>/dev/null || true
 }
 
+# A pause is not a death: SIGSTOP the primary past the heartbeat timeout, then SIGCONT. The
+# backup claims and wins the next generation; the resumed primary finds it lost and stands down
+# (exit status 75) instead of serving beside it.
+pause() {
+    echo
+    echo "=== a primary paused for a second, mode llm"
+    start_pair demo-pause llm
+    local acknowledged
+    acknowledged=$(mktemp)
+    redis-cli -p "$port" -r 1000000 -i 0 INCR demo:counter >"$acknowledged" 2>&1 &
+    local incr=$!
+    sleep 1
+    echo "== kill -STOP $primary; sleep 1; kill -CONT $primary"
+    kill -STOP "$primary"
+    sleep 1
+    kill -CONT "$primary"
+    local status=0
+    wait "$primary" || status=$?
+    echo "== the resumed primary exited with status $status (75: it lost the generation and stood down)"
+    wait_listening "$port"
+    sleep 0.5
+    kill "$incr" 2>/dev/null || true
+    wait "$incr" 2>/dev/null || true
+    local last
+    last=$(grep -E '^[0-9]+$' "$acknowledged" | tail -1)
+    rm -f "$acknowledged"
+    echo "== last INCR a client saw acknowledged: $last; redis-cli get demo:counter → $(redis-cli -p "$port" get demo:counter) (never less)"
+    echo "== etcdctl get /understudy/machines/demo-pause → $(ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$etcd_port" get /understudy/machines/demo-pause --print-value-only)"
+    kill "$backup" 2>/dev/null || true
+    wait "$backup" 2>/dev/null || true
+}
+
 failover llm
 failover remus --epoch 25ms
+pause
 echo
 echo "=== unprotected: record, kill, replay, restore"
 
