@@ -106,3 +106,41 @@ final class IncrementLoad: @unchecked Sendable {
         if wasRunning { _ = finished.wait(timeout: .now() + 5) }
     }
 }
+
+/// Without etcd nothing can be decided: a side that cannot reach it holds, and does not serve.
+final class UnreachableStoreTests: XCTestCase {
+    /// The primary loses its backup while etcd is stopped: it cannot win the next generation, so
+    /// it answers nobody, and after --fence-timeout it stands down (status 75).
+    func testAPrimaryThatCannotReachEtcdHoldsThenStandsDown() throws {
+        let pair = try ProtectedPair("kv", mode: "llm", primaryOptions: ["--fence-timeout", "1s"])
+        defer { pair.stop() }
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k", "v"), "OK")
+        let client = try LineClient(port: pair.servicePort, timeoutSeconds: 10)
+        pair.etcd!.pause()
+        defer { pair.etcd!.resume() }
+        pair.backup.kill()
+        try pair.primary.waitFor("backup lost; holding output until the next generation is won")
+        try client.send("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        // No reply may leave: the answer is the connection ending when the primary stands down.
+        XCTAssertThrowsError(try client.readLine(), "a reply left a primary that holds no generation")
+        XCTAssertEqual(try pair.primary.child.waitForExit(seconds: 30), 75, pair.primary.output)
+        XCTAssertTrue(pair.primary.output.contains("could not reach the generation store"), pair.primary.output)
+    }
+
+    /// The primary dies while etcd is paused: the backup claims, cannot be answered, and does not
+    /// serve; once etcd answers again it wins the generation and serves every acknowledged write.
+    func testABackupThatCannotReachEtcdDoesNotServeUntilItAnswers() throws {
+        let pair = try ProtectedPair("kv", mode: "llm")
+        defer { pair.stop() }
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k", "v"), "OK")
+        pair.etcd!.pause()
+        kill(pair.primary.process.processIdentifier, SIGKILL)
+        try pair.backup.waitFor("cannot reach the generation store; not taking over until it answers")
+        usleep(1_000_000)
+        XCTAssertFalse(pair.backup.output.contains("] serving"), "the backup served without winning the generation:\n\(pair.backup.output)")
+        XCTAssertThrowsError(try LineClient(port: pair.servicePort, timeoutSeconds: 1), "something serves the machine")
+        pair.etcd!.resume()
+        try pair.backup.waitFor("] serving")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "GET", "k"), "v")
+    }
+}
