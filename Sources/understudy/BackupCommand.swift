@@ -100,6 +100,7 @@ struct BackupCommand: ParsableCommand {
         _ = try? blocking(on: group) { await service.close() }
         do {
             let code = try service.takeOver(promotion, listening: addresses)
+            role.letGo()
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

@@ -147,6 +147,7 @@ struct PrimaryCommand: ParsableCommand {
                 throw error
             }
             replicator.stop()
+            role.letGo()
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

@@ -144,3 +144,37 @@ final class UnreachableStoreTests: XCTestCase {
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "GET", "k"), "v")
     }
 }
+
+/// What a primary finds in etcd when it starts: a machine let go by a guest that exited is
+/// claimed at once; one whose holder was killed is refused, naming the generation, until
+/// `--take-over-generation` says that holder is gone.
+final class GenerationClaimTests: XCTestCase {
+    private func primary(_ etcd: EtcdServer, name: String, _ extra: [String] = []) throws -> UnderstudyProcess {
+        try UnderstudyProcess(
+            "primary",
+            ["primary", try Harness.guest("pagetouch"), "--backup", "127.0.0.1:\(Harness.freePort())", "--mode", "llm",
+             "--insecure-replication", "--etcd", etcd.endpoint, "--name", name] + extra + ["--", "1", "1", "20"])
+    }
+
+    func testAMachineLetGoIsClaimedAndAKilledHoldersIsRefusedUntilNamed() throws {
+        let etcd = try EtcdServer()
+        let first = try primary(etcd, name: "exits")
+        XCTAssertEqual(try first.child.waitForExit(seconds: 60), 0, first.output)
+        XCTAssertTrue(first.output.contains("the machine is let go in generation 2"), first.output)
+        let second = try primary(etcd, name: "exits")
+        XCTAssertEqual(try second.child.waitForExit(seconds: 60), 0, "a machine let go was refused:\n\(second.output)")
+
+        let killed = try UnderstudyProcess(
+            "primary",
+            ["primary", try Harness.guest("kv"), "--listen", "127.0.0.1:\(Harness.freePort())", "--backup", "127.0.0.1:\(Harness.freePort())",
+             "--mode", "llm", "--insecure-replication", "--etcd", etcd.endpoint, "--name", "killed"])
+        try killed.waitFor("generation won: serving alone")
+        killed.kill()
+        let refused = try primary(etcd, name: "killed")
+        XCTAssertEqual(try refused.child.waitForExit(seconds: 60), 1, refused.output)
+        XCTAssertTrue(refused.output.contains("if that process is gone, pass --take-over-generation 1"), refused.output)
+        let named = try primary(etcd, name: "killed", ["--take-over-generation", "1"])
+        XCTAssertEqual(try named.child.waitForExit(seconds: 60), 0, named.output)
+        XCTAssertTrue(named.output.contains("generation=2"), named.output)
+    }
+}

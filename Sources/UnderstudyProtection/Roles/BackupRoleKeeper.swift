@@ -50,6 +50,13 @@ public final class BackupRoleKeeper: @unchecked Sendable {
 
     public func sessionEnded() { queue.sync { role.sessionEnded() } }
 
+    /// The promoted machine's guest exited: the machine is let go in the store (best effort).
+    public func letGo() {
+        let generation = queue.sync { role.standing == .promoted ? role.knownGeneration : 0 }
+        guard generation > 0 else { return }
+        logger.notice("\(writer.letGo(generation: generation, holder: identity))")
+    }
+
     /// The followed primary is gone. False when there is nothing to take over; otherwise the
     /// claim has begun and ends in `takeOver` (won) or `discard` (the primary lives on).
     public func primaryGone(takeOver: @escaping @Sendable (UInt64) -> Void, discard: @escaping @Sendable (String) -> Void) -> Bool {

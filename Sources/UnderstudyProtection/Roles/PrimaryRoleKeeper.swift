@@ -65,6 +65,13 @@ public final class PrimaryRoleKeeper: @unchecked Sendable {
 
     public func start(effects: Effects) { queue.sync { self.effects = effects } }
 
+    /// The guest exited: the machine is let go in the store (best effort, bounded).
+    public func letGo() {
+        let generation = queue.sync { role.hasStoodDown ? 0 : role.generation }
+        guard generation > 0 else { return }
+        logger.notice("\(writer.letGo(generation: generation, holder: holder))")
+    }
+
     public func backupSeeded(_ backup: String) { queue.async { [self] in perform(role.backupSeeded(backup)) } }
 
     public func backupLost() { queue.async { [self] in perform(role.backupLost(now: GenerationWriter.now)) } }
