@@ -27,7 +27,10 @@ class Protected:
     """`understudy run` (mode none), or a backup and a primary in `mode`, serving `guest`; each
     process serves its own --metrics."""
 
-    def __init__(self, bin_path, guest, mode, guest_arguments=(), options=(), backup_options=()):
+    def __init__(self, bin_path, guest, mode, guest_arguments=(), options=(), backup_options=(),
+                 channel=("--insecure-replication",), coordination=lambda name: ()):
+        """`channel`: the replication channel's flags (plain TCP unless told otherwise);
+        `coordination(name)`: the flags that fence a machine called `name` (none: unfenced)."""
         self.port, self.metrics_port, self.backup_metrics_port = free_port(), free_port(), free_port()
         self.replication = free_port()
         self.logs = []
@@ -37,14 +40,14 @@ class Protected:
         if mode == "none":
             self.primary = self._start([bin_path, "run", module, *listen, *options, "--", *guest_arguments])
         else:
-            # Plain TCP, as every figure in BENCHMARKS.md so far was measured; what mutual TLS costs
-            # is not yet in the report.
+            # Plain TCP and no etcd unless asked: the fencing section measures what those cost.
+            fence = list(coordination(f"bench-{self.port}"))
             self.backup = self._start([bin_path, "backup", "--replication", f"127.0.0.1:{self.replication}",
-                                       "--listen", f"127.0.0.1:{self.port}", "--insecure-replication",
+                                       "--listen", f"127.0.0.1:{self.port}", *channel, *fence,
                                        "--metrics", f"127.0.0.1:{self.backup_metrics_port}", *backup_options])
             wait_for(lambda: "waiting for a primary" in self._log(1), 60, "the backup")
             self.primary = self._start([bin_path, "primary", module, *listen, "--backup",
-                                        f"127.0.0.1:{self.replication}", "--mode", mode, "--insecure-replication", *options,
+                                        f"127.0.0.1:{self.replication}", "--mode", mode, *channel, *fence, *options,
                                         "--", *guest_arguments])
             wait_for(lambda: "the machine is protected" in self._log(2), 120, "protection")
         wait_for(lambda: answers(self.port), 60, "the service")
@@ -213,36 +216,43 @@ def measure(bin_path, quick, progress):
     for mode in PROTECTED:
         for kill in range(1, kills + 1):
             progress(f"failover {mode}: kill {kill}/{kills}")
-            server = Protected(bin_path, "kv", mode)
-            load = subprocess.Popen(["redis-benchmark", "-p", str(server.port), "-n", "100000000", "-c", "8", "-q",
-                                     "INCR", FAILOVER_LOAD_KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(rng.uniform(0.2, 0.8))
-                window_start = redis_counter(server.port, FAILOVER_LOAD_KEY)
-                time.sleep(FAILOVER_LOAD_WINDOW_SECONDS)
-                at_kill = redis_counter(server.port, FAILOVER_LOAD_KEY)
-                if load.poll() is not None or at_kill <= window_start:
-                    state = "running" if load.poll() is None else f"exited with {load.returncode}"
-                    raise RuntimeError(f"failover {mode}, kill {kill}: the load was not running at the kill: "
-                                       f"{FAILOVER_LOAD_KEY} went {window_start} → {at_kill} over the last "
-                                       f"{FAILOVER_LOAD_WINDOW_SECONDS * 1000:.0f} ms; redis-benchmark {state}")
-                record(("failover-load-incrs", mode, ""), at_kill - window_start)
-                killed = time.perf_counter()
-                server.primary.kill()
-                while True:
-                    try:
-                        if redis_ping(server.port, timeout=1):
-                            break
-                    except OSError:
-                        time.sleep(0.0005)
-                    if time.perf_counter() - killed > 30:
-                        raise RuntimeError(f"no takeover after 30 s:\n{server._log(1)}")
-                record(("downtime", mode, ""), (time.perf_counter() - killed) * 1000)
-            finally:
-                load.kill()
-                load.wait()
-                server.stop()
+            downtime, incrs = failover(bin_path, mode, rng, f"failover {mode}, kill {kill}")
+            record(("failover-load-incrs", mode, ""), incrs)
+            record(("downtime", mode, ""), downtime)
     return rows
+
+
+def failover(bin_path, mode, rng, label, **protected):
+    """One kill: a kv pair under an INCR load seen running, its primary SIGKILLed; returns the
+    milliseconds to the backup's first answer and the INCRs seen in the window before the kill."""
+    server = Protected(bin_path, "kv", mode, **protected)
+    load = subprocess.Popen(["redis-benchmark", "-p", str(server.port), "-n", "100000000", "-c", "8", "-q",
+                             "INCR", FAILOVER_LOAD_KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(rng.uniform(0.2, 0.8))
+        window_start = redis_counter(server.port, FAILOVER_LOAD_KEY)
+        time.sleep(FAILOVER_LOAD_WINDOW_SECONDS)
+        at_kill = redis_counter(server.port, FAILOVER_LOAD_KEY)
+        if load.poll() is not None or at_kill <= window_start:
+            state = "running" if load.poll() is None else f"exited with {load.returncode}"
+            raise RuntimeError(f"{label}: the load was not running at the kill: "
+                               f"{FAILOVER_LOAD_KEY} went {window_start} → {at_kill} over the last "
+                               f"{FAILOVER_LOAD_WINDOW_SECONDS * 1000:.0f} ms; redis-benchmark {state}")
+        killed = time.perf_counter()
+        server.primary.kill()
+        while True:
+            try:
+                if redis_ping(server.port, timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.0005)
+            if time.perf_counter() - killed > 30:
+                raise RuntimeError(f"{label}: no takeover after 30 s:\n{server._log(1)}")
+        return (time.perf_counter() - killed) * 1000, at_kill - window_start
+    finally:
+        load.kill()
+        load.wait()
+        server.stop()
 
 
 def spread(values, unit=""):
