@@ -93,6 +93,40 @@ final class HandshakeTests: XCTestCase {
     /// A welcomed peer that falls silent is given up after the heartbeat timeout, and the layer
     /// above hears of it (the backup promotes on this); the listener's own beats keep arriving
     /// meanwhile.
+    /// Heartbeats keep a connection alive, but not one that never says hello: it is refused with
+    /// its reason once the handshake's patience is spent, freeing its place in the listener.
+    func testAPeerThatBeatsButNeverSaysHelloIsRefused() async throws {
+        let listener = try await ReplicationListener.bind(
+            try ServiceAddress(parsing: "127.0.0.1:0"), security: .insecure, group: group, logger: logger,
+            heartbeat: HeartbeatTiming(interval: .milliseconds(5), timeout: .milliseconds(100)), handshakePatience: .milliseconds(300))
+        let fd = connectRaw(port: listener.localAddress.port!)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let beating = Task.detached {
+            var sequence: UInt64 = 0
+            while !Task.isCancelled {
+                let beat = WireCodec.encode(.heartbeat, sequence: sequence)
+                sequence += 1
+                guard beat.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == beat.count else { return }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        defer { beating.cancel() }
+        var decoder = WireDecoder()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        var messages: [WireMessage] = []
+        while true {
+            let got = recv(fd, &chunk, chunk.count, 0)
+            XCTAssertGreaterThanOrEqual(got, 0, "the beating stranger was never closed (errno \(errno))")
+            if got <= 0 { break }
+            decoder.append(chunk[..<got])
+            while let message = try decoder.next() { messages.append(message) }
+        }
+        XCTAssertTrue(messages.contains(.refusal("no hello within 300 ms")), "\(messages.filter { $0 != .heartbeat })")
+        try await listener.close()
+    }
+
     func testASilentPeerIsClosedAfterTheHeartbeatTimeout() async throws {
         let closed = boundedStream(of: Void.self)
         // Before the connection exists: the silence the listener measures starts after this.

@@ -28,12 +28,16 @@ public struct HeartbeatTiming: Sendable {
 /// then hands every later message to `onMessage`, and the end of a welcomed connection
 /// (closed by the peer, by a bad frame or by silence) to `onClose`, on the channel's event loop.
 public final class ReplicationListener: Sendable {
+    /// A peer that keeps its connection alive (heartbeats count as life) but never says hello
+    /// would hold one of the listener's few places for ever: it has this long to be welcomed.
+    public static let handshakePatience = TimeAmount.seconds(5)
     public let localAddress: SocketAddress
     private let channel: Channel
 
     public static func bind(
         _ address: ServiceAddress, security: ReplicationSecurity, group: EventLoopGroup, logger: Logger,
         heartbeat: HeartbeatTiming = .standard, fencing: FencingToken = FencingToken(),
+        handshakePatience: TimeAmount = ReplicationListener.handshakePatience,
         admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String? = { _, _ in nil },
         onMessage: @escaping @Sendable (WireMessage, Channel) -> Void = { _, _ in },
         onClose: @escaping @Sendable (Channel) -> Void = { _ in }
@@ -55,7 +59,8 @@ public final class ReplicationListener: Sendable {
                     try child.pipeline.syncOperations.addHandler(
                         HeartbeatHandler(timing: heartbeat, logger: logger))
                     try child.pipeline.syncOperations.addHandler(
-                        BackupHandshakeHandler(logger: logger, admit: admit, onMessage: onMessage, onClose: onClose))
+                        BackupHandshakeHandler(
+                            logger: logger, patience: handshakePatience, admit: admit, onMessage: onMessage, onClose: onClose))
                 }
             }
         let channel: Channel
@@ -112,12 +117,15 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
     private let onMessage: @Sendable (WireMessage, Channel) -> Void
     private let onClose: @Sendable (Channel) -> Void
     private var welcomed = false
+    private var deadline: Scheduled<Void>?
+    private let patience: TimeAmount
 
     init(
-        logger: Logger, admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String?,
+        logger: Logger, patience: TimeAmount, admit: @escaping @Sendable (WireMessage.Hello, Channel) -> String?,
         onMessage: @escaping @Sendable (WireMessage, Channel) -> Void, onClose: @escaping @Sendable (Channel) -> Void
     ) {
         self.logger = logger
+        self.patience = patience
         self.admit = admit
         self.onMessage = onMessage
         self.onClose = onClose
@@ -126,7 +134,17 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
     /// What was read together with the end of the connection can still be delivered after this
     /// (TLS hands over the plaintext it held): those are the peer's last words — a goodbye, say —
     /// and must be heard before the close is judged, so the close is reported a turn later.
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: patience) { [patience] in
+            let (handler, context) = loopBound.value
+            guard !handler.welcomed else { return }
+            handler.refuse("no hello within \(patience.nanoseconds / 1_000_000) ms", context)
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
         if welcomed {
             let (channel, onClose) = (context.channel, onClose)
             context.eventLoop.execute { onClose(channel) }
@@ -140,6 +158,7 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
         guard case .hello(let hello) = message else { return refuse("expected a hello, got \(message.kind)", context) }
         if let reason = Handshake.refusal(of: hello) ?? admit(hello, context.channel) { return refuse(reason, context) }
         welcomed = true
+        deadline?.cancel()
         context.triggerUserOutboundEvent(WireHandshakeDone(), promise: nil)
         logger.notice(
             "primary connected",
