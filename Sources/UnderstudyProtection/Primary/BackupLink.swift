@@ -1,0 +1,274 @@
+import Foundation
+import Logging
+import NIOCore
+import UnderstudyCore
+import UnderstudyMachine
+import UnderstudyReplication
+
+/// The primary's connection to its backup: connects, and connects again after a loss (backing
+/// off while the backup refuses); knows which connection awaits its seed, which one receives the
+/// mode's stream (`active`), which one output waits for (`protecting`) and what the active one
+/// has acknowledged; paces checkpoints by those not yet applied; and gives up a seeded backup
+/// that acknowledges nothing for `ackTimeout`, as if it had fallen silent.
+///
+/// Its state is shared by the connecting task, the event loop (answers, loss), the machine's
+/// thread (seeding, the stream, holding), the sender queue, the role's queue and the timers: all
+/// of it is under `lock`, which is never held while calling out.
+final class BackupLink: @unchecked Sendable {
+    private let options: PrimaryReplicator.Options
+    private let role: PrimaryRoleKeeper
+    private let holding: OutputHoldingWorld
+    private let moduleHash: String
+    private let moduleMessage: WireMessage
+    private let suspension: SuspensionRequest
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let metrics: ReplicationMetrics
+
+    private let lock = NSLock()
+    /// Welcomed and sent the module, waiting for the machine to seed it.
+    private var awaitingSeed: Channel?
+    /// Seeded: receives the mode's stream.
+    private var active: Channel?
+    private var stopped = false
+    /// Refusals since the backup last accepted a seed: reconnecting backs off (up to 5 s), so a
+    /// misconfigured backup costs a log line now and then, not a reconnect every interval.
+    private var refusals = 0
+    /// Checkpoints sent and not yet applied. A new one is only taken once the backup has applied
+    /// the last: a backup slower than the guest's writes stretches the epoch (as Remus does)
+    /// instead of queueing checkpoints without bound. Pages written meanwhile stay dirty in the
+    /// tracker and go with the next one.
+    private var unappliedCheckpoints = 0
+    /// Since when the oldest of them has waited (nil when none does), for `ackTimeout`.
+    private var unappliedSince: ContinuousClock.Instant?
+    /// The active backup has applied its seed: from then on `ackTimeout` applies. (A seed of a
+    /// large memory may legitimately take longer to apply than an acknowledgement.)
+    private var seeded = false
+    /// The watchdog has given the active backup up: one verdict per connection.
+    private var givenUp = false
+    /// Connections made so far: names each backup session to the role (`label`).
+    private var connections = 0
+    private var labels: [ObjectIdentifier: String] = [:]
+    /// What the active backup has acknowledged last (a checkpoint's `epoch + 1` in remus, a log
+    /// position otherwise): where the gate starts when output begins to wait for it.
+    private var acknowledgedByActive: UInt64 = 0
+    /// The connection output waits for; acknowledgements from any other are not the gate's.
+    private var protecting: Channel?
+
+    init(
+        options: PrimaryReplicator.Options, role: PrimaryRoleKeeper, holding: OutputHoldingWorld, prepared: PreparedModule,
+        configuration: [UInt8], suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger, metrics: ReplicationMetrics
+    ) {
+        self.options = options
+        self.role = role
+        self.holding = holding
+        moduleHash = prepared.hash
+        // Prepared here, once: the backup checks these bytes against the hello's hash and runs
+        // them as they are (no wasm-opt of its own, so a re-seed costs no preparation).
+        moduleMessage = .module(bytes: prepared.bytes, configuration: configuration)
+        self.suspension = suspension
+        self.group = group
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    // MARK: Connecting
+
+    /// The connecting task: keeps one backup connected while the role allows it; each connection
+    /// hands the backup's answers to `stream` and this link (`AcknowledgementHandler`).
+    func keepConnected(streaming stream: any BackupStream) async {
+        var failures = 0
+        while !Task.isCancelled {
+            if role.mayConnectBackup, lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
+                do {
+                    let channel = try await ReplicationConnector.connect(
+                        to: options.backup, hello: .init(mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine),
+                        security: options.security, group: group, logger: logger, heartbeat: options.heartbeat, fencing: role.fencing)
+                    try await channel.pipeline.addHandler(AcknowledgementHandler(link: self, stream: stream)).get()
+                    channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
+                    channel.writeAndFlush(moduleMessage, promise: nil)
+                    failures = 0
+                    logger.notice("backup connected; seeding it", metadata: ["backup": "\(options.backup)", "mode": "\(options.mode)"])
+                    lock.withLock {
+                        connections += 1
+                        labels[ObjectIdentifier(channel)] = "\(options.backup) connection \(connections)"
+                        if channel.isActive { awaitingSeed = channel }
+                    }
+                    suspension.request()
+                } catch {
+                    if failures == 0 {
+                        logger.warning(
+                            "cannot reach the backup; serving unprotected and retrying",
+                            metadata: ["backup": "\(options.backup)", "reason": "\(error)"])
+                    }
+                    failures += 1
+                }
+            }
+            let backoff = lock.withLock { refusals == 0 ? options.reconnectInterval : min(.seconds(5), options.reconnectInterval * (1 << min(refusals, 5))) }
+            try? await Task.sleep(for: backoff)
+        }
+    }
+
+    /// No connection is made from now on; each open one is told the primary is shutting down and
+    /// closed. Returns once they are.
+    func stop() {
+        let channels = lock.withLock { () -> [Channel] in
+            stopped = true
+            defer { (active, awaitingSeed) = (nil, nil) }
+            return [active, awaitingSeed].compactMap { $0 }
+        }
+        for channel in channels {
+            // Said so the backup does not take the exit of the guest for the death of its host;
+            // it goes out behind whatever is still queued, so the close waits for it (2 s at most).
+            let goodbye = channel.writeAndFlush(WireMessage.refusal("the primary is shutting down"))
+            let deadline = channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+            goodbye.whenComplete { _ in
+                deadline.cancel()
+                channel.close(promise: nil)
+            }
+            _ = try? channel.closeFuture.wait()
+        }
+    }
+
+    /// Ends a connection from this side, saying why: a backup told so does not take the close for
+    /// this primary's death (this primary goes on serving, and will seed a backup again).
+    func refuse(_ channel: Channel, because reason: String) {
+        logger.error("closing the replication connection", metadata: ["reason": "\(reason)"])
+        channel.writeAndFlush(WireMessage.refusal(reason)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// The event loop: the backup refused this primary.
+    func backupRefused(_ channel: Channel, reason: String) {
+        lock.withLock { refusals += 1 }
+        logger.error("the backup refused", metadata: ["reason": "\(reason)"])
+        channel.close(promise: nil)
+    }
+
+    /// The event loop: the connection is gone (closed by the peer, a bad frame, or silence).
+    private func lost(_ channel: Channel) {
+        let (wasActive, wasSeeded, wasProtecting) = lock.withLock { () -> (Bool, Bool, Bool) in
+            if awaitingSeed === channel { awaitingSeed = nil }
+            labels[ObjectIdentifier(channel)] = nil
+            let wasProtecting = protecting === channel
+            if wasProtecting { protecting = nil }
+            guard active === channel else { return (false, false, wasProtecting) }
+            active = nil
+            unappliedCheckpoints = 0
+            unappliedSince = nil
+            defer { (seeded, givenUp) = (false, false) }
+            return (true, seeded, wasProtecting)
+        }
+        guard wasActive else { return }
+        metrics.protected.record(0)
+        logger.warning(
+            wasProtecting ? "backup lost; holding output until the next generation is won" : "backup lost before it protected anything",
+            metadata: ["backup": "\(options.backup)"])
+        if wasSeeded { role.backupLost() }
+    }
+
+    // MARK: Seeding (the machine's thread)
+
+    /// The connection awaiting its seed, and the seeded one receiving the stream.
+    var channels: (awaitingSeed: Channel?, active: Channel?) { lock.withLock { (awaitingSeed, active) } }
+
+    /// The seeded connection, receiving the stream; nil while there is none.
+    var activeChannel: Channel? { lock.withLock { active } }
+
+    func isActive(_ channel: Channel) -> Bool { lock.withLock { active === channel } }
+
+    /// `channel` is not to be seeded now: it is refused, and a later connection is seeded instead.
+    func abandonSeed(of channel: Channel) {
+        lock.withLock { if awaitingSeed === channel { awaitingSeed = nil } }
+    }
+
+    /// `channel`'s seed is going out: it receives the stream from now on, and holds everything
+    /// below `position` already. False if it no longer awaits its seed (it was lost meanwhile).
+    func activate(_ channel: Channel, acknowledgedBelow position: UInt64) -> Bool {
+        lock.withLock {
+            guard awaitingSeed === channel else { return false }
+            awaitingSeed = nil
+            active = channel
+            acknowledgedByActive = position
+            return true
+        }
+    }
+
+    /// The event loop: `channel`'s backup applied the seed's last checkpoint. From now on
+    /// `ackTimeout` applies to it, and the role may record it as protecting.
+    func seedApplied(on channel: Channel) {
+        let label = lock.withLock { () -> String? in
+            refusals = 0
+            guard active === channel else { return nil }
+            seeded = true
+            return labels[ObjectIdentifier(channel)]
+        }
+        if let label {
+            logger.notice("backup seeded; recording it as protecting", metadata: ["mode": "\(options.mode)"])
+            role.backupSeeded(label)
+        }
+    }
+
+    // MARK: Pacing
+
+    /// A backup receives the stream and has applied every checkpoint or sync sent: the next may be taken.
+    var awaitsNextCheckpoint: Bool { lock.withLock { active != nil && unappliedCheckpoints == 0 } }
+
+    /// Every checkpoint or sync sent has been applied (or answered).
+    var allCheckpointsApplied: Bool { lock.withLock { unappliedCheckpoints == 0 } }
+
+    /// One checkpoint or sync more awaits the backup.
+    func checkpointSent() {
+        lock.withLock {
+            if unappliedCheckpoints == 0 { unappliedSince = .now }
+            unappliedCheckpoints += 1
+        }
+    }
+
+    /// The backup on `channel` applied (or answered) the oldest one.
+    func checkpointApplied(on channel: Channel) {
+        lock.withLock {
+            guard active === channel else { return }
+            unappliedCheckpoints = max(0, unappliedCheckpoints - 1)
+            unappliedSince = unappliedCheckpoints == 0 ? nil : .now
+        }
+    }
+
+    /// The watchdog: a seeded backup that leaves output or a checkpoint waiting past
+    /// `ackTimeout` is given up, as if it had fallen silent.
+    func checkAcknowledgements() {
+        guard let (channel, checkpointWaiting) = lock.withLock({ () -> (Channel, ContinuousClock.Instant?)? in
+            guard seeded, !givenUp, let active else { return nil }
+            return (active, unappliedSince)
+        }) else { return }
+        guard let waiting = [holding.oldestHeldSince, checkpointWaiting].compactMap({ $0 }).min() else { return }
+        let waited = ContinuousClock.now - waiting
+        guard waited > options.ackTimeout else { return }
+        lock.withLock { if active === channel { givenUp = true } }
+        refuse(channel, because: "the backup acknowledged nothing for \(waited.milliseconds) ms (--ack-timeout \(options.ackTimeout.milliseconds) ms)")
+    }
+
+    // MARK: Output
+
+    /// The event loop: `channel`'s backup holds every position below `position`. Only the
+    /// protecting connection's acknowledgements release output (a newer backup's count anew).
+    func acknowledged(below position: UInt64, on channel: Channel) throws {
+        let gate = lock.withLock { () -> Bool in
+            if active === channel { acknowledgedByActive = max(acknowledgedByActive, position) }
+            return protecting === channel
+        }
+        if gate { try holding.acknowledge(below: position) }
+    }
+
+    /// The machine's thread, starting to hold: output waits for the active connection from now on
+    /// if it is `backup`'s. Returns it, with what it has acknowledged; nil if it is not.
+    func startProtecting(by backup: String?) -> (channel: Channel, acknowledged: UInt64)? {
+        lock.withLock {
+            guard let backup, let active, labels[ObjectIdentifier(active)] == backup else { return nil }
+            protecting = active
+            return (active, acknowledgedByActive)
+        }
+    }
+
+    /// The role's queue: output waits for no connection.
+    func stopProtecting() { lock.withLock { protecting = nil } }
+}

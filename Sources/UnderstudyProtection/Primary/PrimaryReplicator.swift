@@ -1,0 +1,194 @@
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+import UnderstudyCheckpoint
+import UnderstudyCore
+import UnderstudyEventLog
+import UnderstudyMachine
+import UnderstudyReplication
+
+/// The primary's half of a protected machine (DESIGN.md, "Modes"): builds the world the guest runs
+/// on — the live world behind an `OutputHoldingWorld`, and in `llm` and `active` a
+/// `RecordingWorld` whose log streams to the backup — and joins the parts that protect it:
+///
+/// - `BackupLink`: the connection to the backup (connecting again by itself after a loss),
+///   which connection's acknowledgements release output, the pacing of checkpoints and the
+///   watchdog that gives up a backup that acknowledges nothing;
+/// - `BackupSeeder`: a full checkpoint, by pre-copy, for each backup that connects;
+/// - the mode's `BackupStream`, once the backup is seeded: `RemusStream` (a checkpoint every
+///   epoch), `LLMStream` (the log as the guest consumes the world, and a checkpoint every
+///   interval) or `ActiveSyncStream` (the log, and sync points that compare and repair);
+/// - `OutputRole`: the role's decisions (`PrimaryRoleKeeper`) on output. Seeding a backup holds
+///   nothing; once the store records the seeded backup as protecting, output waits for it;
+///   losing it holds everything until the next generation is won alone (or the role is lost,
+///   and the process stands down).
+///
+/// Threads: the machine's (the world, the seed, the stream's checkpoints, syncs and log, the
+/// start of holding), the connection's event loop (acknowledgements, loss), a sender queue that
+/// encodes checkpoints off the pause and keeps the primary's copy of the backup, the role's
+/// queue (`OutputRole`'s effects), and two timers: the mode's interval and the watchdog.
+public final class PrimaryReplicator: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var mode: ReplicationMode
+        public var backup: ServiceAddress
+        /// `remus`: how often a checkpoint is taken (and output released).
+        public var epoch: Duration
+        /// `llm`: how often a checkpoint is taken, bounding what a promotion replays. LLM's
+        /// paper checkpoints rarely; replaying runs the guest about as fast as it ran, so this
+        /// is roughly the worst-case replay time of a takeover (goal: ≤ 100 ms failover), and a
+        /// delta checkpoint costs a fraction of a millisecond of pause.
+        public var checkpointInterval: Duration
+        /// `llm`: a checkpoint is also taken once this much log has been sent since the last.
+        public var logBytesPerCheckpoint: Int
+        /// `active`: how often both machines stop at one log position and compare.
+        public var syncInterval: Duration = .milliseconds(100)
+        /// `active`: what a sync that finds differences compares and repairs in (FGBI).
+        public var blockSize = SyncBlockSize.standard
+        /// `active`: every sync also compares the whole state (tests, diagnosis).
+        public var verifySyncs = false
+        public var heartbeat: HeartbeatTiming
+        /// How the connection to the backup is authenticated.
+        public var security: ReplicationSecurity
+        /// A seeded backup that has left an output or a checkpoint unacknowledged this long
+        /// counts as lost, though it heartbeats (a stuck process, a full disk, a stopped child):
+        /// otherwise every reply would wait for it forever.
+        public var ackTimeout: Duration = .milliseconds(500)
+        /// The machine's name, said in the hello (a backup for another machine refuses it).
+        public var machine = ""
+        public var reconnectInterval: Duration
+
+        public init(
+            mode: ReplicationMode, backup: ServiceAddress, security: ReplicationSecurity, epoch: Duration = .milliseconds(25),
+            checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
+            heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
+        ) {
+            precondition(mode != .none, "a primary protects in remus, llm or active mode")
+            self.mode = mode
+            self.backup = backup
+            self.epoch = epoch
+            self.checkpointInterval = checkpointInterval
+            self.logBytesPerCheckpoint = logBytesPerCheckpoint
+            self.heartbeat = heartbeat
+            self.security = security
+            self.reconnectInterval = reconnectInterval
+        }
+    }
+
+    public let options: Options
+    public let holding: OutputHoldingWorld
+    private let recording: RecordingWorld?
+    /// What the machine must be built on.
+    public var world: MachineWorld { recording ?? holding }
+
+    private let role: PrimaryRoleKeeper
+    private let suspension: SuspensionRequest
+    private let link: BackupLink
+    private let seeder: BackupSeeder
+    private let stream: any BackupStream
+    private let output: OutputRole
+    /// Encodes checkpoints off the pause, and keeps the primary's copy of the backup (`BackupCopy`).
+    private let sender = DispatchQueue(label: "understudy.checkpoint-sender")
+    private var timer: DispatchSourceTimer?
+    private var ackWatchdog: DispatchSourceTimer?
+    private var connecting: Task<Void, Never>?
+
+    public init(
+        options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
+        suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
+    ) {
+        self.options = options
+        self.role = role
+        self.suspension = suspension
+        let metrics = ReplicationMetrics(role: "primary", mode: "\(options.mode)")
+        holding = OutputHoldingWorld(holding: live)
+        live.outputWakeDescriptor = holding.wakeDescriptor
+        let link = BackupLink(
+            options: options, role: role, holding: holding, prepared: prepared, configuration: configuration, suspension: suspension,
+            group: group, logger: logger, metrics: metrics)
+        self.link = link
+        let capture = CheckpointCapture(moduleHash: prepared.hash)
+        let backupCopy = BackupCopy(blockSize: options.blockSize)
+        switch options.mode {
+        case .remus:
+            recording = nil
+            let remus = RemusStream(
+                checkpoints: CheckpointSender(
+                    capture: capture, backupCopy: backupCopy, sender: sender, recording: nil, link: link, metrics: metrics),
+                link: link)
+            holding.positionOfNextOutput = { [unowned remus] in remus.positionOfNextOutput }
+            stream = remus
+        case .llm, .active:
+            let log = LogStream(link: link, metrics: metrics)
+            let recording = RecordingWorld(recording: holding, to: log, batchBytes: 256 << 10)
+            log.recording = recording
+            self.recording = recording
+            // An output waits for its own entry; it is the next one the recording logs.
+            holding.positionOfNextOutput = { [unowned recording] in recording.position }
+            // Before the guest waits, the log so far goes to the backup: held output is released
+            // by its acknowledgement.
+            holding.beforeWaiting = { [unowned recording] in try? recording.flush() }
+            if options.mode == .llm {
+                let checkpoints = CheckpointSender(
+                    capture: capture, backupCopy: backupCopy, sender: sender, recording: recording, link: link, metrics: metrics)
+                stream = LLMStream(
+                    checkpoints: checkpoints, log: log, link: link, suspension: suspension, logBytesPerCheckpoint: options.logBytesPerCheckpoint)
+            } else {
+                stream = ActiveSyncStream(
+                    log: log, recording: recording, capture: capture, backupCopy: backupCopy, sender: sender, link: link, metrics: metrics,
+                    logger: logger, blockSize: options.blockSize, verifySyncs: options.verifySyncs)
+            }
+        case .none:
+            preconditionFailure("a primary protects in remus, llm or active mode")
+        }
+        seeder = BackupSeeder(
+            link: link, stream: stream, holding: holding, recording: recording, capture: capture, backupCopy: backupCopy, sender: sender,
+            suspension: suspension, moduleHash: prepared.hash, metrics: metrics, logger: logger)
+        output = OutputRole(
+            holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode, metrics: metrics, logger: logger)
+        metrics.protected.record(0)
+    }
+
+    /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting.
+    public func start(_ machine: Machine) {
+        machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
+        role.start(effects: output.effects)
+        let interval = [.remus: options.epoch, .active: options.syncInterval][options.mode] ?? options.checkpointInterval
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        let nanos = Int(interval.nanoseconds)
+        timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
+        timer.setEventHandler { [weak self] in
+            guard let self, self.link.awaitsNextCheckpoint else { return }
+            self.suspension.request()
+        }
+        timer.resume()
+        self.timer = timer
+        let watchdog = DispatchSource.makeTimerSource(queue: .global())
+        let period = max(Int(options.ackTimeout.nanoseconds) / 4, 1_000_000)
+        watchdog.schedule(deadline: .now() + .nanoseconds(period), repeating: .nanoseconds(period), leeway: .milliseconds(1))
+        watchdog.setEventHandler { [weak link] in link?.checkAcknowledgements() }
+        watchdog.resume()
+        ackWatchdog = watchdog
+        connecting = Task.detached { [link, stream] in await link.keepConnected(streaming: stream) }
+    }
+
+    public func stop() {
+        timer?.cancel()
+        ackWatchdog?.cancel()
+        connecting?.cancel()
+        sender.sync {}  // a pre-copy reads guest memory: done before the machine goes away
+        link.stop()
+    }
+
+    /// The machine's thread: a suspension is for starting to hold, for seeding a backup that
+    /// awaits it, or for the mode's stream to the seeded one.
+    private func suspended(_ machine: Machine) throws {
+        if try output.startRequestedHolding() { return }
+        let (awaitingSeed, active) = link.channels
+        if let awaitingSeed {
+            try seeder.suspended(machine, seeding: awaitingSeed)
+        } else if let active {
+            try stream.suspended(machine, streamingTo: active)
+        }
+    }
+}
