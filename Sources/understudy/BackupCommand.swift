@@ -115,7 +115,7 @@ struct HeartbeatOptions: ParsableArguments {
     @Option(name: .long, help: "How often each side says it is alive when it has nothing else to send (default 10ms).")
     var heartbeatInterval: DurationArgument?
 
-    @Option(name: .long, help: "Silence after which the peer counts as gone (default 100ms): the backup takes over, the primary goes on unprotected.")
+    @Option(name: .long, help: "Silence after which the peer counts as gone (default 100ms): the backup claims the machine's next generation (and takes over if it wins), the primary wins it alone (or stands down) and goes on unprotected.")
     var heartbeatTimeout: DurationArgument?
 
     func timing() throws -> HeartbeatTiming {

@@ -14,16 +14,20 @@ struct PrimaryCommand: ParsableCommand {
         commandName: "primary",
         abstract: "Run a guest protected by a backup (`understudy backup`), in remus, llm or active mode.",
         discussion: """
-            Serves at once and connects to --backup in the background; once the backup holds a \
-            full checkpoint the machine is protected: output leaves only when the backup has \
-            acknowledged what it takes to reproduce it (remus: the epoch's checkpoint; llm and \
-            active: the log up to the output). In active mode the backup runs the machine too, \
+            Wins the machine's generation in --etcd (alone) before it serves, then serves and \
+            connects to --backup in the background, holding no output while it seeds it; once the \
+            backup holds a full checkpoint and etcd records it as protecting, the machine is \
+            protected: output leaves only when the backup has acknowledged what it takes to \
+            reproduce it (remus: the epoch's checkpoint; llm and active: the log up to the output). In active mode the backup runs the machine too, \
             following the log; every --sync-every both stop at the same log position and compare \
             digests of the pages they wrote, and only blocks that differ are sent. The primary \
             keeps a copy of the memory the backup holds, so that memory travels as the \
             --block-size blocks that changed. If the backup is lost (silent past --heartbeat-timeout, or \
-            seeded and acknowledging nothing for --ack-timeout) the primary releases what it held, goes \
-            on unprotected, and seeds the backup again when it can reach it. The replication channel \
+            seeded and acknowledging nothing for --ack-timeout) the primary holds everything until it \
+            has won the next generation alone, then releases it, goes on unprotected, and seeds the \
+            backup again when it can reach it; if the backup won that generation (it took over), or \
+            etcd cannot be reached for --fence-timeout, the primary drops what it held and exits \
+            with status 75. Without --etcd nothing fences a pause or a partition (said at start). The replication channel \
             is mutual TLS (--tls-cert, --tls-key, --tls-ca) unless --insecure-replication is given.
             """
     )

@@ -1,6 +1,6 @@
 /// The one-primary rule, as the primary sees it (DESIGN.md, "One primary"): when its output may
 /// leave, and what it must win in the generation store first. A pure state machine — events in,
-/// actions out, no clock, no thread, no store — driven by `PrimaryReplicator` in the process and
+/// actions out, no clock, no thread, no store — driven by `PrimaryRoleKeeper` in the process and
 /// by the role simulation in the tests, so the rule that runs is the rule that is checked.
 ///
 /// - Alone, output leaves as it is produced; that is only so once this process has *won* a
