@@ -3,11 +3,12 @@
 # toolchain (wasi-libc, the wasm32 compiler runtime), Asyncify (binaryen), wabt, and the real
 # clients the tests drive (redis-tools, wrk, curl), openssl (throwaway certificates for the
 # replication channel), util-linux (setpriv, for the tests' parent-death signal), etcd-server and
-# etcd-client (the tests start their own etcd on free ports; etcdctl to look at one by hand), and
+# etcd-client (the tests start their own etcd on free ports; etcdctl to look at one by hand),
+# iproute2 (hosts as network namespaces, scripts/hosts.sh; the partition tests need root), and
 # redis-server, which `make bench` compares against. Idempotent: does nothing when all are present.
 set -euo pipefail
 
-packages=(wasi-libc libclang-rt-19-dev-wasm32 binaryen wabt libzstd-dev liblz4-dev redis-tools redis-server wrk curl openssl util-linux etcd-server etcd-client)
+packages=(wasi-libc libclang-rt-19-dev-wasm32 binaryen wabt libzstd-dev liblz4-dev redis-tools redis-server wrk curl openssl util-linux etcd-server etcd-client iproute2)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

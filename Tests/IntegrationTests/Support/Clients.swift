@@ -47,8 +47,8 @@ final class LineClient {
     private let fd: Int32
     private var buffered: [UInt8] = []
 
-    init(port: UInt16, timeoutSeconds: Int = 30) throws {
-        fd = try Harness.connect(port: port, timeoutSeconds: timeoutSeconds)
+    init(port: UInt16, timeoutSeconds: Int = 30, host: String = "127.0.0.1") throws {
+        fd = try Harness.connect(port: port, timeoutSeconds: timeoutSeconds, host: host)
     }
 
     deinit { close() }

@@ -14,11 +14,14 @@ final class EtcdServer {
     let logFile: URL
     private let process: ChildProcess
 
-    var endpoint: String { "http://127.0.0.1:\(clientPort)" }
+    /// Where it listens: loopback, or its host's address (`Hosts`).
+    let address: String
+    var endpoint: String { "http://\(address):\(clientPort)" }
     var pid: Int32 { process.pid }
 
     /// Starts etcd and returns once it answers /health; fails naming its log after `startupSeconds`.
-    init(startupSeconds: Double = 30) throws {
+    /// `host`: one of `Hosts`' namespaces to run in, listening on its address (nil: loopback here).
+    init(startupSeconds: Double = 30, host: String? = nil) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.program) else {
             throw HarnessError.missingPrerequisite("etcd is not installed: run `make test` (scripts/setup.sh installs etcd-server)")
         }
@@ -27,11 +30,13 @@ final class EtcdServer {
         clientPort = Harness.freePort()
         peerPort = Harness.freePort()
         logFile = directory.appendingPathComponent("etcd.log")
-        let client = "http://127.0.0.1:\(clientPort)"
-        let peer = "http://127.0.0.1:\(peerPort)"
+        address = try host.map(Hosts.address) ?? "127.0.0.1"
+        let client = "http://\(address):\(clientPort)"
+        let peer = "http://\(address):\(peerPort)"
+        let inNamespace = try host.map { ["netns", "exec", try Hosts.namespace($0), Self.program] }
         process = try ChildProcess(
-            Self.program,
-            [
+            inNamespace == nil ? Self.program : "/usr/bin/ip",
+            (inNamespace ?? []) + [
                 "--name", "default", "--data-dir", directory.appendingPathComponent("data").path,
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -55,7 +60,7 @@ final class EtcdServer {
 
     /// GET /health answered `"health":"true"` (a member with a leader, ready for requests).
     private func isHealthy() -> Bool {
-        guard let fd = try? Harness.connect(port: clientPort, timeoutSeconds: 1) else { return false }
+        guard let fd = try? Harness.connect(port: clientPort, timeoutSeconds: 1, host: address) else { return false }
         defer { close(fd) }
         let request = Array("GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
         guard write(fd, request, request.count) == request.count else { return false }

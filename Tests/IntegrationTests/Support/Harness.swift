@@ -66,10 +66,15 @@ enum Harness {
     /// A port no other test of this run was given and that nobody listens on right now.
     static func freePort() -> UInt16 { PortAllocator.shared.next() }
 
-    /// A TCP connection to 127.0.0.1:`port` whose reads time out after `timeoutSeconds`.
-    static func connect(port: UInt16, timeoutSeconds: Int) throws -> Int32 {
+    /// A TCP connection to `host`:`port` whose connect, reads and writes time out after
+    /// `timeoutSeconds` (a host that was cut answers no SYN: the connect must not wait minutes).
+    static func connect(port: UInt16, timeoutSeconds: Int, host: String = "127.0.0.1") throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))  // bounds connect(2) too
         var address = loopback(port: port)
+        address.sin_addr.s_addr = inet_addr(host)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -77,9 +82,6 @@ enum Harness {
             Glibc.close(fd)
             throw POSIXError(.ECONNREFUSED)
         }
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         return fd
     }
 

@@ -10,10 +10,15 @@ final class UnderstudyProcess {
     var process: Process { child.process }
     var output: String { child.output }
 
-    init(_ role: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// `host`: one of `Hosts`' namespaces to run in (nil: this one).
+    init(_ role: String, _ arguments: [String], environment: [String: String] = [:], host: String? = nil) throws {
         self.role = role
-        child = try ChildProcess(
-            try Harness.binary(), arguments, environment: environment.merging(["UNDERSTUDY_CACHE": Harness.cache]) { $1 })
+        let environment = environment.merging(["UNDERSTUDY_CACHE": Harness.cache]) { $1 }
+        if let host {
+            child = try ChildProcess("/usr/bin/ip", ["netns", "exec", Hosts.namespace(host), try Harness.binary()] + arguments, environment: environment)
+        } else {
+            child = try ChildProcess(try Harness.binary(), arguments, environment: environment)
+        }
     }
 
     func kill() { child.kill() }

@@ -24,6 +24,8 @@ final class TestScope: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [ChildProcess] = []
     private var files: [URL] = []
+    private var undos: [() -> Void] = []
+    private var runUndos: [() -> Void] = []
     private var observing = false
 
     func own(_ process: ChildProcess) {
@@ -36,22 +38,44 @@ final class TestScope: @unchecked Sendable {
         lock.withLock { files.append(file) }
     }
 
+    /// `undo` runs when the test ends (after its processes are killed): a cut link healed.
+    func atEnd(_ undo: @escaping () -> Void) {
+        observe()
+        lock.withLock { undos.append(undo) }
+    }
+
+    /// `undo` runs once, when the whole run ends: the hosts' namespaces removed.
+    func atRunEnd(_ undo: @escaping () -> Void) {
+        observe()
+        lock.withLock { runUndos.append(undo) }
+    }
+
+    func endRun() {
+        end()
+        lock.withLock {
+            defer { runUndos = [] }
+            return runUndos
+        }.forEach { $0() }
+    }
+
     func disown(_ process: ChildProcess) {
         lock.withLock { processes.removeAll { $0 === process } }
     }
 
     /// Kills what the test left running and removes what it left behind.
     func end() {
-        let (running, made) = lock.withLock {
+        let (running, made, undone) = lock.withLock {
             defer {
                 processes = []
                 files = []
+                undos = []
             }
-            return (processes, files)
+            return (processes, files, undos)
         }
         running.forEach { $0.kill() }
         running.forEach { $0.discard() }
         made.forEach { try? FileManager.default.removeItem(at: $0) }
+        undone.reversed().forEach { $0() }
     }
 
     private func observe() {
@@ -75,7 +99,7 @@ private final class ScopeObserver: NSObject, XCTestObservation, @unchecked Senda
     func testCaseDidFinish(_ testCase: XCTestCase) { scope.end() }
 
     func testBundleDidFinish(_ testBundle: Bundle) {
-        scope.end()
+        scope.endRun()
         try? FileManager.default.removeItem(at: TestScope.runDirectory)
     }
 }
