@@ -100,7 +100,7 @@ struct BackupCommand: ParsableCommand {
         _ = try? blocking(on: group) { await service.close() }
         do {
             let code = try service.takeOver(promotion, listening: addresses)
-            role.letGo()
+            _ = try? blocking(on: group) { await role.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

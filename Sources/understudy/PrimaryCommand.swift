@@ -151,7 +151,7 @@ struct PrimaryCommand: ParsableCommand {
                 throw error
             }
             replicator.stop()
-            role.letGo()
+            _ = try? blocking(on: group) { await role.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

@@ -60,41 +60,49 @@ final class FencingTests: XCTestCase {
 }
 
 /// INCRs one at a time on a connection, reconnecting whenever it breaks or a reply does not come
-/// within a second: the highest value the service acknowledged, whoever served it.
+/// within a second — to the first of `hosts`, then, when one stops answering, to the next, in
+/// turn: every acknowledgement is kept with the host that gave it, whoever served it.
 final class IncrementLoad: @unchecked Sendable {
     private let lock = NSLock()
-    private var best = 0
+    private var replies: [(host: String, value: Int)] = []
     private var oddities: [String] = []
     private var running = true
-    private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
+    let port: UInt16
+    let key: String
 
-    var highest: Int { lock.withLock { best } }
+    var highest: Int { lock.withLock { replies.map(\.value).max() ?? 0 } }
+    /// Every acknowledgement so far, in order.
+    var acknowledgements: [(host: String, value: Int)] { lock.withLock { replies } }
+    func acknowledged(by host: String) -> Int { lock.withLock { replies.filter { $0.host == host }.count } }
     /// Replies that were neither an integer nor a broken connection.
     var errors: [String] { lock.withLock { oddities } }
 
-    init(port: UInt16, key: String) {
+    init(port: UInt16, key: String, hosts: [String] = ["127.0.0.1"]) {
+        self.port = port
+        self.key = key
         let request = "*2\r\n$4\r\nINCR\r\n$\(key.utf8.count)\r\n\(key)\r\n"
-        let thread = Thread { [self] in
+        Thread { [self] in
             defer { finished.signal() }
+            var next = 0
             while lock.withLock({ running }) {
-                guard let client = try? LineClient(port: port, timeoutSeconds: 1) else {
+                let host = hosts[next % hosts.count]
+                next += 1
+                guard let client = try? LineClient(port: port, timeoutSeconds: 1, host: host) else {
                     usleep(5_000)
                     continue
                 }
                 while lock.withLock({ running }) {
                     guard (try? client.send(request)) != nil, let reply = try? client.readLine() else { break }
                     guard reply.hasPrefix(":"), let value = Int(reply.dropFirst()) else {
-                        lock.withLock { oddities.append(reply) }
+                        lock.withLock { oddities.append("\(host): \(reply)") }
                         break
                     }
-                    lock.withLock { best = max(best, value) }
+                    lock.withLock { replies.append((host, value)) }
                 }
                 client.close()
             }
-        }
-        self.thread = thread
-        thread.start()
+        }.start()
     }
 
     /// Stops and waits for the last request's answer (at most the read timeout).

@@ -13,9 +13,9 @@ final class PartitionTests: XCTestCase {
     func testCuttingThePrimaryFromItsBackupLeavesOneServing() throws {
         for mode in ["llm", "remus", "active"] {
             let pair = try HostPair(mode: mode)
-            let load = TwoHostIncrements(pair)
+            let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.addresses["a"]!, Hosts.addresses["b"]!])
             defer { load.stop() }
-            try Harness.waitUntil("\(mode): INCRs acknowledged by a") { load.acknowledged(by: "a") >= 20 }
+            try Harness.waitUntil("\(mode): INCRs acknowledged by a") { load.acknowledged(by: Hosts.addresses["a"]!) >= 20 }
             try Hosts.cutLink("a", "b")
             try Harness.waitUntil("\(mode): one side settled", seconds: 30) {
                 pair.backup.output.contains("] serving") ? !pair.primary.process.isRunning : pair.backup.output.contains("not taking over")
@@ -41,9 +41,9 @@ final class PartitionTests: XCTestCase {
     /// holds and stands down after --fence-timeout; the backup wins and serves.
     func testCuttingThePrimaryFromEverythingMovesTheServiceToTheBackup() throws {
         let pair = try HostPair(mode: "llm", primaryOptions: ["--fence-timeout", "1s"])
-        let load = TwoHostIncrements(pair)
+        let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.addresses["a"]!, Hosts.addresses["b"]!])
         defer { load.stop() }
-        try Harness.waitUntil("INCRs acknowledged by a") { load.acknowledged(by: "a") >= 20 }
+        try Harness.waitUntil("INCRs acknowledged by a") { load.acknowledged(by: Hosts.addresses["a"]!) >= 20 }
         try Hosts.cut("a")
         try pair.backup.waitFor("] serving")
         XCTAssertEqual(try pair.primary.child.waitForExit(seconds: 30), 75, pair.primary.output)
@@ -59,9 +59,9 @@ final class PartitionTests: XCTestCase {
     /// primary's host then dies, the backup cannot win and does not serve, until etcd answers.
     func testABackupCutFromEtcdServesOnlyOnceItWins() throws {
         let pair = try HostPair(mode: "llm")
-        let load = TwoHostIncrements(pair)
+        let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.addresses["a"]!, Hosts.addresses["b"]!])
         defer { load.stop() }
-        try Harness.waitUntil("INCRs acknowledged by a") { load.acknowledged(by: "a") >= 20 }
+        try Harness.waitUntil("INCRs acknowledged by a") { load.acknowledged(by: Hosts.addresses["a"]!) >= 20 }
         try Hosts.cutLink("b", "etcd")
         usleep(500_000)
         XCTAssertFalse(pair.primary.output.contains("backup lost"), "cutting the backup from etcd disturbed the pair:\n\(pair.primary.output)")
@@ -72,7 +72,7 @@ final class PartitionTests: XCTestCase {
         try Hosts.healLink("b", "etcd")
         try pair.backup.waitFor("] serving")
         let before = load.highest
-        try Harness.waitUntil("INCRs acknowledged by b (\(load.acknowledged(by: "b")) so far):\n\(pair.backup.output.suffix(2500))") {
+        try Harness.waitUntil("INCRs acknowledged by b (\(load.acknowledged(by: Hosts.addresses["b"]!)) so far):\n\(pair.backup.output.suffix(2500))") {
             load.highest > before + 10
         }
         load.stop()
@@ -111,69 +111,23 @@ final class HostPair {
     }
 }
 
-/// INCRs one at a time from this host, to `a` until it stops answering, then to whichever of `a`
-/// and `b` answers; every acknowledgement is kept with the host that gave it.
-final class TwoHostIncrements: @unchecked Sendable {
-    private let lock = NSLock()
-    private var replies: [(host: String, value: Int)] = []
-    private var oddities: [String] = []
-    private var running = true
-    private let finished = DispatchSemaphore(value: 0)
-    private let port: UInt16
-
-    init(_ pair: HostPair) {
-        let port = pair.servicePort
-        self.port = port
-        let request = "*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n"
-        Thread { [self] in
-            defer { finished.signal() }
-            var host = "a"
-            while lock.withLock({ running }) {
-                guard let client = try? LineClient(port: port, timeoutSeconds: 1, host: Hosts.addresses[host]!) else {
-                    host = host == "a" ? "b" : "a"
-                    usleep(5_000)
-                    continue
-                }
-                while lock.withLock({ running }) {
-                    guard (try? client.send(request)) != nil, let reply = try? client.readLine() else { break }
-                    guard reply.hasPrefix(":"), let value = Int(reply.dropFirst()) else {
-                        lock.withLock { oddities.append("\(host): \(reply)") }
-                        break
-                    }
-                    lock.withLock { replies.append((host, value)) }
-                }
-                client.close()
-                host = host == "a" ? "b" : "a"
-            }
-        }.start()
-    }
-
-    var highest: Int { lock.withLock { replies.map(\.value).max() ?? 0 } }
-    func acknowledged(by host: String) -> Int { lock.withLock { replies.filter { $0.host == host }.count } }
-
-    func stop() {
-        let wasRunning = lock.withLock { () -> Bool in
-            defer { running = false }
-            return running
-        }
-        if wasRunning { _ = finished.wait(timeout: .now() + 5) }
-    }
-
-    /// No two processes acknowledged writes: once the other host answered, the loser's later
-    /// answers are only ones the winner already held (below its first value). And the winner's
-    /// counter is at least every value any client saw.
+extension IncrementLoad {
+    /// No two processes acknowledged writes: once the backup's host `b` answered, the primary's
+    /// `a` acknowledged no value `b` did not already hold (none at all if `a` won). And the
+    /// winner's counter is at least every value any client saw.
     func check(winner: String, _ label: String) throws {
-        let (all, odd) = lock.withLock { (replies, oddities) }
-        XCTAssertEqual(odd, [], "\(label): replies that were not integers")
+        let (a, b) = (Hosts.addresses["a"]!, Hosts.addresses["b"]!)
+        let all = acknowledgements
+        XCTAssertEqual(errors, [], "\(label): replies that were not integers")
         if winner == "a" {
-            XCTAssertEqual(all.filter { $0.host == "b" }.map(\.value), [], "\(label): b acknowledged INCRs though a won")
-        } else if let first = all.firstIndex(where: { $0.host == "b" }) {
-            let late = all[first...].filter { $0.host == "a" && $0.value >= all[first].value }
+            XCTAssertEqual(all.filter { $0.host == b }.map(\.value), [], "\(label): b acknowledged INCRs though a won")
+        } else if let first = all.firstIndex(where: { $0.host == b }) {
+            let late = all[first...].filter { $0.host == a && $0.value >= all[first].value }
             XCTAssertEqual(late.map(\.value), [], "\(label): a acknowledged INCRs after b began to serve at \(all[first].value)")
         }
         let client = try LineClient(port: port, timeoutSeconds: 5, host: Hosts.addresses[winner]!)
         defer { client.close() }
-        try client.send("*2\r\n$3\r\nGET\r\n$7\r\ncounter\r\n")
+        try client.send("*2\r\n$3\r\nGET\r\n$\(key.utf8.count)\r\n\(key)\r\n")
         XCTAssertTrue(try client.readLine().hasPrefix("$"), "\(label): the counter is missing on \(winner)")
         let served = try XCTUnwrap(Int(try client.readLine()), "\(label): the counter is not a number")
         let highest = all.map(\.value).max() ?? 0

@@ -26,8 +26,6 @@ public final class BackupRoleKeeper: @unchecked Sendable {
         role = BackupRole(identity: identity)
     }
 
-    public var store: any GenerationStore { writer.store }
-    public var standing: BackupRole.Standing { queue.sync { role.standing } }
 
     /// nil to follow a primary of `generation`, else why it is refused.
     public func admit(generation: UInt64) -> String? {
@@ -51,10 +49,11 @@ public final class BackupRoleKeeper: @unchecked Sendable {
     public func sessionEnded() { queue.sync { role.sessionEnded() } }
 
     /// The promoted machine's guest exited: the machine is let go in the store (best effort).
-    public func letGo() {
+    public func letGo() async {
         let generation = queue.sync { role.standing == .promoted ? role.knownGeneration : 0 }
         guard generation > 0 else { return }
-        logger.notice("\(writer.letGo(generation: generation, holder: identity))")
+        let said = await writer.letGo(generation: generation, holder: identity)
+        logger.notice("\(said)")
     }
 
     /// The followed primary is gone. False when there is nothing to take over; otherwise the

@@ -49,7 +49,6 @@ public final class PrimaryRoleKeeper: @unchecked Sendable {
         role = PrimaryRole(holder: holder, fenceTimeoutNanos: UInt64(fenceTimeout.nanoseconds))
     }
 
-    public var store: any GenerationStore { writer.store }
     public var currentStanding: PrimaryRole.Standing { lock.withLock { standing } }
     /// A new backup may be connected and seeded only by a primary that serves alone: one that
     /// holds output (fencing) must settle its generation first.
@@ -66,10 +65,11 @@ public final class PrimaryRoleKeeper: @unchecked Sendable {
     public func start(effects: Effects) { queue.sync { self.effects = effects } }
 
     /// The guest exited: the machine is let go in the store (best effort, bounded).
-    public func letGo() {
+    public func letGo() async {
         let generation = queue.sync { role.hasStoodDown ? 0 : role.generation }
         guard generation > 0 else { return }
-        logger.notice("\(writer.letGo(generation: generation, holder: holder))")
+        let said = await writer.letGo(generation: generation, holder: holder)
+        logger.notice("\(said)")
     }
 
     public func backupSeeded(_ backup: String) { queue.async { [self] in perform(role.backupSeeded(backup)) } }

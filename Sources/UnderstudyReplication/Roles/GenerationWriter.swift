@@ -41,28 +41,18 @@ public final class GenerationWriter: @unchecked Sendable {
     }
 
     /// The guest exited: records the machine as let go (`stopped`), so that a primary of the same
-    /// name may claim it again without being told the holder is gone. Waits at most `patience`;
-    /// says what happened. Called from a thread that may block (the command's main thread).
-    public func letGo(generation: UInt64, holder: String, patience: Duration = .seconds(1)) -> String {
+    /// name may claim it again without being told the holder is gone. Best effort (the store's
+    /// own request timeout bounds it); says what happened.
+    public func letGo(generation: UInt64, holder: String) async -> String {
         let record = GenerationRecord.next(after: generation, holder: holder, standing: .stopped)
-        let store = store
-        let outcome = LetGoOutcome()
-        let done = DispatchSemaphore(value: 0)
-        Task.detached {
-            do {
-                switch try await store.write(record, ifGeneration: generation) {
-                case .won: outcome.set("the machine is let go in generation \(record.generation)")
-                case .lost(let current): outcome.set("not let go: \(current.map { "\($0)" } ?? "no record")")
-                }
-            } catch {
-                outcome.set("not let go: \(error)")
+        do {
+            switch try await store.write(record, ifGeneration: generation) {
+            case .won: return "the machine is let go in generation \(record.generation)"
+            case .lost(let current): return "not let go: \(current.map { "\($0)" } ?? "no record")"
             }
-            done.signal()
+        } catch {
+            return "not let go: \(error)"
         }
-        guard done.wait(timeout: .now() + .nanoseconds(Int(patience.nanoseconds))) == .success else {
-            return "not let go: the generation store did not answer within \(patience.milliseconds) ms"
-        }
-        return outcome.text
     }
 
     /// Runs `body` on `queue` after `retryDelay`.
@@ -74,9 +64,3 @@ public final class GenerationWriter: @unchecked Sendable {
     public static var now: UInt64 { DispatchTime.now().uptimeNanoseconds }
 }
 
-private final class LetGoOutcome: @unchecked Sendable {
-    private let lock = NSLock()
-    private var said = ""
-    var text: String { lock.withLock { said } }
-    func set(_ text: String) { lock.withLock { said = text } }
-}

@@ -56,10 +56,6 @@ public struct PrimaryRole: Sendable {
         self.fenceTimeoutNanos = fenceTimeoutNanos
     }
 
-    /// Output may leave without the backup's acknowledgement.
-    public var releasesAlone: Bool { standing == .alone }
-    /// Output waits for the backup (what is acknowledged may leave).
-    public var holdsForBackup: Bool { standing == .protected || standing == .fencing || standing == .claiming }
     public var hasStoodDown: Bool { if case .stoodDown = standing { return true } else { return false } }
 
     /// Starts claiming the generation after `observed` (what the store holds now; 0 for nothing).
