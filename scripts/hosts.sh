@@ -4,7 +4,7 @@
 #   a 10.77.0.11   b 10.77.0.12   c 10.77.0.13   clients 10.77.0.20   etcd 10.77.0.30
 # and the bridge itself 10.77.0.1, so the machine running the tests reaches every host.
 #
-#   scripts/hosts.sh up                 make them (idempotent)
+#   scripts/hosts.sh up                 make them, every host healed (idempotent)
 #   scripts/hosts.sh down               remove them, killing what runs in them
 #   scripts/hosts.sh cut HOST           drop all of HOST's traffic (tc blackhole both ways: no netem here)
 #   scripts/hosts.sh heal HOST          undo cut
@@ -40,6 +40,9 @@ up() {
         fi
         ip netns exec "$ns" ip link set lo up
         ip netns exec "$ns" ip link set eth0 up
+        # Whole again, whatever a run that died mid-test left cut.
+        heal "$host"
+        ip netns exec "$ns" ip neigh flush nud permanent dev eth0 2>/dev/null || true
     done
 }
 
