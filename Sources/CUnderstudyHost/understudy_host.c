@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -88,4 +89,8 @@ long understudy_pagemap_scan(int pagemap, void *start, uint64_t length, struct u
     };
     long count = ioctl(pagemap, US_PAGEMAP_SCAN, &arg);
     return count < 0 ? -errno : count;
+}
+
+int understudy_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, lowest);
 }

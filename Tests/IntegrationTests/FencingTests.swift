@@ -28,7 +28,7 @@ final class FencingTests: XCTestCase {
         let load = IncrementLoad(port: pair.servicePort, key: "counter")
         defer { load.stop() }
         try Harness.waitUntil("\(label): INCRs acknowledged before the pause") { load.highest >= 20 }
-        let primary = pair.primary.process.processIdentifier
+        let primary = pair.primary.pid
         kill(primary, SIGSTOP)
         usleep(pause)
         kill(primary, SIGCONT)
@@ -38,11 +38,11 @@ final class FencingTests: XCTestCase {
         // backup never took over.
         try Harness.waitUntil("\(label): one process serving, acknowledging INCRs again", seconds: 45) {
             let backupServes = pair.backup.output.contains("] serving")
-            return load.highest > resumedAt + 10 && (backupServes ? !pair.primary.process.isRunning : pair.primary.process.isRunning)
+            return load.highest > resumedAt + 10 && (backupServes ? !pair.primary.isRunning : pair.primary.isRunning)
         }
         let backupServes = pair.backup.output.contains("] serving")
         if backupServes {
-            XCTAssertEqual(pair.primary.process.terminationStatus, 75, "\(label): the resumed primary did not stand down:\n\(pair.primary.output.suffix(3000))")
+            XCTAssertEqual(pair.primary.terminationStatus, 75, "\(label): the resumed primary did not stand down:\n\(pair.primary.output.suffix(3000))")
             XCTAssertTrue(pair.primary.output.contains("standing down: lost the primary role"), "\(label):\n\(pair.primary.output.suffix(3000))")
             XCTAssertTrue(pair.backup.output.contains("the primary is gone; taking over"), "\(label):\n\(pair.backup.output.suffix(3000))")
         } else {
@@ -142,7 +142,7 @@ final class UnreachableStoreTests: XCTestCase {
         defer { pair.stop() }
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k", "v"), "OK")
         pair.etcd!.pause()
-        kill(pair.primary.process.processIdentifier, SIGKILL)
+        kill(pair.primary.pid, SIGKILL)
         try pair.backup.waitFor("cannot reach the generation store; not taking over until it answers")
         usleep(1_000_000)
         XCTAssertFalse(pair.backup.output.contains("] serving"), "the backup served without winning the generation:\n\(pair.backup.output)")

@@ -18,14 +18,14 @@ final class PartitionTests: XCTestCase {
             try Harness.waitUntil("\(mode): INCRs acknowledged by a") { load.acknowledged(by: Hosts.addresses["a"]!) >= 20 }
             try Hosts.cutLink("a", "b")
             try Harness.waitUntil("\(mode): one side settled", seconds: 30) {
-                pair.backup.output.contains("] serving") ? !pair.primary.process.isRunning : pair.backup.output.contains("not taking over")
+                pair.backup.output.contains("] serving") ? !pair.primary.isRunning : pair.backup.output.contains("not taking over")
             }
             try Hosts.healLink("a", "b")
             let winner = pair.backup.output.contains("] serving") ? "b" : "a"
             if winner == "b" {
-                XCTAssertEqual(pair.primary.process.terminationStatus, 75, "\(mode):\n\(pair.primary.output.suffix(2000))")
+                XCTAssertEqual(pair.primary.terminationStatus, 75, "\(mode):\n\(pair.primary.output.suffix(2000))")
             } else {
-                XCTAssertTrue(pair.primary.process.isRunning, mode)
+                XCTAssertTrue(pair.primary.isRunning, mode)
                 try pair.primary.waitFor("the machine is protected", times: 2)  // seeded again after the heal
             }
             let before = load.highest

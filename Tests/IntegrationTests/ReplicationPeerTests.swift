@@ -56,7 +56,7 @@ final class ReplicationPeerTests: XCTestCase {
             XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "1", mode)
             try pair.primary.waitFor("the backup acknowledged nothing for")
             try pair.primary.waitFor("generation won: serving alone", times: 2)
-            XCTAssertTrue(pair.backup.process.isRunning, "\(mode): the backup is alive, only stuck")
+            XCTAssertTrue(pair.backup.isRunning, "\(mode): the backup is alive, only stuck")
         }
     }
 
@@ -72,12 +72,12 @@ final class ReplicationPeerTests: XCTestCase {
         defer { pair.stop() }
         let incrementer = try ClientProcess("redis-cli", ["-p", "\(pair.servicePort)", "-r", "1000000", "-i", "0", "INCR", "counter"])
         try Harness.waitUntil("an INCR acknowledged") { incrementer.output.hasPrefix("1\n") }
-        kill(pair.backup.process.processIdentifier, SIGSTOP)
+        kill(pair.backup.pid, SIGSTOP)
         try pair.primary.waitFor("generation won: serving alone", times: 2)
         let during = try XCTUnwrap(Int(try Harness.redisCLI(pair.servicePort, "INCR", "during-the-pause")), "no answer while the backup is paused")
         XCTAssertEqual(during, 1)
         usleep(200_000)
-        kill(pair.backup.process.processIdentifier, SIGCONT)
+        kill(pair.backup.pid, SIGCONT)
         try pair.backup.waitFor("given up: the peer has been silent")
         try pair.primary.waitFor("the machine is protected", times: 2)
         XCTAssertFalse(pair.backup.output.contains("; taking over"), pair.backup.output)
@@ -134,7 +134,7 @@ final class ReplicationPeerTests: XCTestCase {
         let pair = try ProtectedPair("kv", mode: "llm", security: .insecure, backupOptions: ["--metrics", "127.0.0.1:\(backupMetrics)"])
         defer { pair.stop() }
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
-        let residentBefore = try residentBytes(pair.backup.process.processIdentifier)
+        let residentBefore = try residentBytes(pair.backup.pid)
 
         // sequence u64 | generation u64 | type u8 | length u32, then the header's CRC.
         var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(21))
@@ -152,7 +152,7 @@ final class ReplicationPeerTests: XCTestCase {
         try pair.backup.waitFor("refusing a replication connection: too many open")
         crowd.forEach { $0.close() }
 
-        XCTAssertLessThan(try residentBytes(pair.backup.process.processIdentifier) - residentBefore, 64 << 20, "the backup buffered the flood")
+        XCTAssertLessThan(try residentBytes(pair.backup.pid) - residentBefore, 64 << 20, "the backup buffered the flood")
         XCTAssertEqual(try MetricsScrape(port: backupMetrics).value("understudy_protected"), 1)
         XCTAssertFalse(pair.primary.output.contains("backup lost"), pair.primary.output)
         XCTAssertFalse(pair.backup.output.contains("taking over"), pair.backup.output)
@@ -225,7 +225,7 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertTrue(cutReason.contains("checkpoint 1 refused"), cutReason)
         cutter.close()
         usleep(200_000)
-        XCTAssertTrue(backup.process.isRunning, "the backup died:\n\(backup.output)")
+        XCTAssertTrue(backup.isRunning, "the backup died:\n\(backup.output)")
         XCTAssertTrue(backup.output.contains("not taking over"), backup.output)
         XCTAssertFalse(pingProbe(servicePort), "the backup took over from a peer it refused")
 
@@ -288,7 +288,7 @@ final class ReplicationPeerTests: XCTestCase {
         try backup.waitFor("the primary is shutting down")
         try backup.waitFor("not taking over")
         XCTAssertFalse(backup.output.contains("is gone; taking over"), backup.output)
-        XCTAssertTrue(backup.process.isRunning, "the backup should wait for its primary to return:\n\(backup.output)")
+        XCTAssertTrue(backup.isRunning, "the backup should wait for its primary to return:\n\(backup.output)")
     }
 
     /// The module the harness's cache holds for `hash` (an entry is the module and its digest).

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <poll.h>
+#include <spawn.h>
 
 // accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC; returns the fd or -1 with errno set.
 int understudy_accept_nonblocking(int listener);
@@ -15,6 +16,8 @@ int understudy_ppoll(struct pollfd *fds, unsigned long count, int64_t timeout_na
 int understudy_getrandom(void *buffer, size_t length);
 // A non-blocking, close-on-exec pipe.
 int understudy_pipe(int ends[2]);
+// posix_spawn_file_actions_addclosefrom_np: the child closes every descriptor from `lowest` up.
+int understudy_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest);
 
 #endif
 

@@ -120,20 +120,15 @@ public struct ModulePreparer {
         do {
             try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
             try Data(bytes).write(to: input)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: wasmOpt)
-            process.arguments = [
-                input.path, "--asyncify", "--pass-arg=asyncify-imports@\(importList)", "-O2", "-o", output.path,
-            ]
-            let errors = Pipe()
-            process.standardError = errors
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            let message = errors.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                let text = String(decoding: message, as: UTF8.self).split(separator: "\n").first.map(String.init)
-                throw ModulePreparationError.asyncifyFailed(text ?? "exit status \(process.terminationStatus)")
+            let errors = scratch.appendingPathComponent("wasm-opt.err")
+            let process = try SpawnedProcess(
+                wasmOpt, [input.path, "--asyncify", "--pass-arg=asyncify-imports@\(importList)", "-O2", "-o", output.path],
+                stderr: .file(errors.path))
+            let status = process.waitUntilExit()
+            guard status == 0 else {
+                let message = (try? String(contentsOf: errors, encoding: .utf8)) ?? ""
+                let text = message.split(separator: "\n").first.map(String.init)
+                throw ModulePreparationError.asyncifyFailed(text ?? "exit status \(status)")
             }
             return Array(try Data(contentsOf: output))
         } catch let error as ModulePreparationError {

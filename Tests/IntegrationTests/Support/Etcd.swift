@@ -46,7 +46,7 @@ final class EtcdServer {
         try Harness.waitUntil("etcd on \(client) answering /health (its log: \(logFile.path))", seconds: startupSeconds) {
             guard process.isRunning else {
                 let log = (try? String(contentsOf: logFile, encoding: .utf8)) ?? ""
-                let status = process.process.terminationStatus
+                let status = process.terminationStatus.map(String.init) ?? "unknown"
                 throw HarnessError.timedOut(
                     "etcd on \(client) exited with status \(status) before answering:\n\(process.output.suffix(2000))\(log.suffix(2000))")
             }

@@ -7,7 +7,9 @@ final class UnderstudyProcess {
     let child: ChildProcess
     /// "primary", "backup": how its failures name it.
     let role: String
-    var process: Process { child.process }
+    var pid: Int32 { child.pid }
+    var isRunning: Bool { child.isRunning }
+    var terminationStatus: Int32? { child.terminationStatus }
     var output: String { child.output }
 
     /// `host`: one of `Hosts`' namespaces to run in (nil: this one).
@@ -115,12 +117,12 @@ final class ProtectedPair {
     func killPrimaryAndWaitForTakeover(probe: (UInt16) -> Bool) throws -> Double {
         let killed = Date()
         // Not `kill()`: Process's wait for the exit adds tens of milliseconds to the measurement.
-        Glibc.kill(primary.process.processIdentifier, SIGKILL)
+        Glibc.kill(primary.pid, SIGKILL)
         defer { primary.kill() }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
             if probe(servicePort) { return Date().timeIntervalSince(killed) * 1000 }
-            if !backup.process.isRunning { break }
+            if !backup.isRunning { break }
             usleep(2_000)
         }
         throw HarnessError.timedOut("the backup never served after the primary died:\n\(backup.output)")

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import UnderstudyCore
 import XCTest
 
 /// What the running test owns: the processes it started and the files it made. When the test
@@ -107,8 +108,9 @@ private final class ScopeObserver: NSObject, XCTestObservation, @unchecked Senda
 /// A program the harness started: stdout (and stderr, merged or apart) in files, every wait
 /// bounded, killed and its files removed when the test that started it ends.
 final class ChildProcess {
-    let process = Process()
+    let process: SpawnedProcess
     let name: String
+    private let arguments: [String]
     private let outputFile: URL
     private let errorFile: URL?
 
@@ -118,28 +120,24 @@ final class ChildProcess {
         separateStderr: Bool = false
     ) throws {
         name = URL(fileURLWithPath: program).lastPathComponent
+        self.arguments = arguments
         outputFile = TestScope.runDirectory.appendingPathComponent("\(name)-\(UUID().uuidString).out")
         errorFile = separateStderr ? TestScope.runDirectory.appendingPathComponent("\(name)-\(UUID().uuidString).err") : nil
         for file in [outputFile, errorFile].compactMap({ $0 }) { _ = FileManager.default.createFile(atPath: file.path, contents: nil) }
         // The parent-death signal is tied to the thread that starts the child: only the main
         // thread, which runs the tests, lives as long as the runner.
-        if Thread.isMainThread {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--pdeathsig", "KILL", "--", program] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = [program] + arguments
-        }
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = try FileHandle(forWritingTo: outputFile)
-        process.standardError = try errorFile.map { try FileHandle(forWritingTo: $0) } ?? process.standardOutput
-        process.standardInput = try stdin.map { try FileHandle(forReadingFrom: $0) } ?? FileHandle.nullDevice
+        let command = Thread.isMainThread ? ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--", program] : [program]
+        process = try SpawnedProcess(
+            command[0], Array(command.dropFirst()) + arguments, adding: environment,
+            stdin: stdin.map { .file($0.path) } ?? .null, stdout: .file(outputFile.path),
+            stderr: errorFile.map { .file($0.path) } ?? .standardOutput)
         TestScope.current.own(self)
-        try process.run()
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
     var isRunning: Bool { process.isRunning }
+    /// Its exit code (or the signal that ended it); nil while it runs.
+    var terminationStatus: Int32? { process.terminationStatus }
     var output: String { (try? String(contentsOf: outputFile, encoding: .utf8)) ?? "" }
     var errorOutput: String { errorFile.flatMap { try? String(contentsOf: $0, encoding: .utf8) } ?? "" }
 
@@ -154,15 +152,15 @@ final class ChildProcess {
     @discardableResult
     func waitForExit(seconds: Double) throws -> Int32 {
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning {
+        while true {
+            if let status = process.terminationStatus { return status }
             guard Date() < deadline else {
                 Glibc.kill(pid, SIGKILL)
                 throw HarnessError.timedOut(
-                    "\(name) \(process.arguments?.suffix(6).joined(separator: " ") ?? "") did not exit within \(Int(seconds)) s; killed. Output:\n\(output.suffix(2000))\(errorOutput.suffix(2000))")
+                    "\(name) \(arguments.suffix(6).joined(separator: " ")) did not exit within \(Int(seconds)) s; killed. Output:\n\(output.suffix(2000))\(errorOutput.suffix(2000))")
             }
             usleep(2_000)
         }
-        return process.terminationStatus
     }
 
     /// Waits until the output contains `text` `times` times; fails with the output otherwise.
