@@ -36,9 +36,15 @@ final class BackupReplica: @unchecked Sendable {
     /// How many service addresses this backup would take over (its `--listen`).
     let listenerCount: Int
 
+    /// What the hello declared: the module frame and the machine's memory must keep to them.
+    private let moduleBytes: UInt64
+    private let memoryLimitBytes: UInt64
+
     init(hello: WireMessage.Hello, listenerCount: Int) {
         mode = hello.mode
         moduleHash = hello.moduleHash
+        moduleBytes = hello.moduleBytes
+        memoryLimitBytes = hello.memoryLimitBytes
         self.listenerCount = listenerCount
     }
 
@@ -142,6 +148,7 @@ final class BackupReplica: @unchecked Sendable {
 
     private func adopt(module bytes: [UInt8], configuration: [UInt8]) throws(Refusal) {
         guard prepared == nil else { throw Refusal("a second module on one connection") }
+        guard bytes.count == moduleBytes else { throw Refusal("the module is \(bytes.count) bytes; the hello declared \(moduleBytes)") }
         // The primary sends the module it prepared: its bytes must be the ones the hello named,
         // checked before anything else is done with them; nothing is run through wasm-opt here.
         let prepared: PreparedModule
@@ -163,8 +170,18 @@ final class BackupReplica: @unchecked Sendable {
         guard manifest.moduleHash == moduleHash else {
             throw Refusal("the machine's configuration names module \(manifest.moduleHash), not the \(moduleHash) the hello named")
         }
+        guard manifest.configuration.memoryLimitBytes == memoryLimitBytes else {
+            throw Refusal(
+                "the machine's configuration limits memory to \(manifest.configuration.memoryLimitBytes) bytes; the hello declared \(memoryLimitBytes)")
+        }
         self.prepared = prepared
         self.manifest = manifest
+    }
+
+    private func checkWithinMemoryLimit(_ checkpoint: Checkpoint, epoch: UInt64) throws(Refusal) {
+        guard UInt64(checkpoint.memoryBytes) <= memoryLimitBytes else {
+            throw Refusal("checkpoint \(epoch) holds \(checkpoint.memoryBytes) bytes of memory, past the machine's limit of \(memoryLimitBytes)")
+        }
     }
 
     /// A checkpoint after the seed, as the blocks that changed XORed with the state held here.
@@ -180,6 +197,7 @@ final class BackupReplica: @unchecked Sendable {
         }
         guard bare.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
         guard bare.kind == .delta, bare.pages.isEmpty, bare.zeroPages.isEmpty else { throw Refusal("checkpoint \(epoch) carries pages outside its blocks") }
+        try checkWithinMemoryLimit(bare, epoch: epoch)
         if let outside = patch.blocks.first(where: { (Int($0.index) + 1) * patch.blockSize > Int(bare.memoryBytes) }) {
             throw Refusal("checkpoint \(epoch) has a block at byte \(Int(outside.index) * patch.blockSize), outside its \(bare.memoryBytes) bytes of memory")
         }
@@ -220,6 +238,7 @@ final class BackupReplica: @unchecked Sendable {
             throw Refusal("checkpoint \(epoch) refused: \(error)")
         }
         guard checkpoint.moduleHash == moduleHash else { throw Refusal("checkpoint \(epoch) is of another module") }
+        try checkWithinMemoryLimit(checkpoint, epoch: epoch)
         // Positions count entries: one this large is a lie, and would overflow the log's arithmetic.
         guard checkpoint.logPosition <= UInt64(Int.max / 2) else { throw Refusal("checkpoint \(epoch) names log position \(checkpoint.logPosition)") }
         lock.lock()

@@ -38,11 +38,9 @@ public struct Takeover {
             replay = nil
             world = live
         }
-        let configuration = MachineConfiguration(
-            arguments: promotion.manifest.arguments, environment: promotion.manifest.environment,
-            listenerCount: promotion.manifest.listenerCount)
         machine = try Machine(
-            restoring: promotion.state, prepared: promotion.prepared, world: world, suspension: suspension, configuration: configuration)
+            restoring: promotion.state, prepared: promotion.prepared, world: world, suspension: suspension,
+            configuration: promotion.manifest.configuration)
     }
 
     static func openService(_ addresses: [ServiceAddress], suspension: SuspensionRequest, logger: Logger) throws -> LiveWorld {

@@ -65,13 +65,11 @@ func checkpointRun(module: URL, prepared: PreparedModule, mib: Int, dirty: Int, 
     defer { try? FileManager.default.removeItem(at: directory) }
     let suspension = SuspensionRequest()
     let arguments = ["pagetouch", "\(mib)", "\(dirty)", "\(rounds)"]
+    let configuration = MachineConfiguration(arguments: arguments, listenerCount: 0)
     let session = try RecordingSession(
-        directory: directory, module: module,
-        manifest: RecordingManifest(moduleHash: prepared.hash, arguments: arguments, environment: [], listenerCount: 0),
+        directory: directory, module: module, manifest: RecordingManifest(moduleHash: prepared.hash, configuration: configuration),
         recording: RoundWorld(suspension: suspension), kernelTracking: kernel)
-    let machine = try Machine(
-        prepared: prepared, world: session.world, suspension: suspension,
-        configuration: MachineConfiguration(arguments: arguments, listenerCount: 0))
+    let machine = try Machine(prepared: prepared, world: session.world, suspension: suspension, configuration: configuration)
     session.attach(to: machine)
     var captures: [Double] = []
     var pages: [Int] = []

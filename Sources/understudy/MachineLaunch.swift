@@ -30,9 +30,7 @@ struct MachineLaunch {
             let live = try LiveWorld(listening: listen, suspension: suspension)
             var session: RecordingSession?
             if let directory {
-                let manifest = RecordingManifest(
-                    moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
-                    listenerCount: configuration.listenerCount)
+                let manifest = RecordingManifest(moduleHash: prepared.hash, configuration: configuration)
                 session = try RecordingSession(
                     directory: URL(fileURLWithPath: directory), module: URL(fileURLWithPath: module), manifest: manifest,
                     recording: live)
@@ -100,6 +98,8 @@ struct GuestOptions: ParsableArguments {
     @Option(name: .long, help: "KEY=VALUE added to the guest's environment; repeat for more.")
     var env: [String] = []
 
+    @OptionGroup var memory: MemoryLimitOption
+
     @Argument(parsing: .postTerminator, help: "Arguments for the guest, after --.")
     var guestArguments: [String] = []
 
@@ -111,7 +111,7 @@ struct GuestOptions: ParsableArguments {
     func configuration(module: String, listenerCount: Int, suspendAtEveryBlock: Bool = false) -> MachineConfiguration {
         MachineConfiguration(
             arguments: [URL(fileURLWithPath: module).lastPathComponent] + guestArguments, environment: env,
-            listenerCount: listenerCount, suspendAtEveryBlock: suspendAtEveryBlock)
+            listenerCount: listenerCount, suspendAtEveryBlock: suspendAtEveryBlock, memoryLimitBytes: memory.memoryLimit.bytes)
     }
 }
 
@@ -146,6 +146,41 @@ extension ServiceAddress {
         try values.map { value in
             do { return try ServiceAddress(parsing: value) } catch { throw ValidationError("--listen \(error)") }
         }
+    }
+}
+
+/// `64MiB`, `1GiB`, `4GiB`, `65536` (bytes) as a command-line value.
+struct ByteCountArgument: ExpressibleByArgument, CustomStringConvertible {
+    let bytes: UInt64
+
+    var description: String {
+        for (suffix, scale) in [("GiB", UInt64(1 << 30)), ("MiB", 1 << 20), ("KiB", 1 << 10)] where bytes >= scale && bytes % scale == 0 {
+            return "\(bytes / scale)\(suffix)"
+        }
+        return "\(bytes)"
+    }
+    var defaultValueDescription: String { description }
+
+    init?(argument: String) {
+        let units: [(String, UInt64)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("", 1)]
+        guard let (suffix, scale) = units.first(where: { argument.hasSuffix($0.0) }),
+            let value = UInt64(argument.dropLast(suffix.count)), value <= UInt64(1 << 40) / scale
+        else { return nil }
+        bytes = value * scale
+    }
+}
+
+/// The machine's RAM: `run`, `primary` and `restore` take it; a backup is told its primary's.
+struct MemoryLimitOption: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The most linear memory the guest may have: 64KiB…4GiB in whole 64 KiB pages. A memory.grow past it fails; a backup is told it, and it bounds every replication frame.",
+            valueName: "BYTES"))
+    var memoryLimit: ByteCountArgument = ByteCountArgument(argument: "1GiB")!
+
+    func validate() throws {
+        if let problem = MachineConfiguration.problem(withMemoryLimit: memoryLimit.bytes) { throw ValidationError("--memory-limit: \(problem)") }
     }
 }
 

@@ -117,9 +117,7 @@ struct PrimaryCommand: ParsableCommand {
             let replicationSecurity = try security.security(logger: logger)
             let role = try claimRole(machine: machineName, group: group, logger: logger)
             let configuration = guest.configuration(module: module, listenerCount: addresses.count)
-            let manifest = RecordingManifest(
-                moduleHash: prepared.hash, arguments: configuration.arguments, environment: configuration.environment,
-                listenerCount: configuration.listenerCount)
+            let manifest = RecordingManifest(moduleHash: prepared.hash, configuration: configuration)
             let suspension = SuspensionRequest()
             let live = try LiveWorld(listening: addresses, suspension: suspension)
             var options = PrimaryReplicator.Options(
@@ -131,6 +129,7 @@ struct PrimaryCommand: ParsableCommand {
             options.verifySyncs = verifySyncs
             if let ackTimeout { options.ackTimeout = ackTimeout.duration }
             options.machine = machineName
+            options.memoryLimitBytes = configuration.memoryLimitBytes
             let replicator = PrimaryReplicator(
                 options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)

@@ -45,7 +45,11 @@ struct RestoreCommand: ParsableCommand {
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(
             module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"), metrics: try metrics.address())
-        let configuration = MachineConfiguration(arguments: [], listenerCount: addresses.count)
+        // The recorded run's memory limit, from its manifest; the default for checkpoints without one.
+        let recorded = try? RecordingManifest.read(from: URL(fileURLWithPath: from))
+        let configuration = MachineConfiguration(
+            arguments: [], listenerCount: addresses.count,
+            memoryLimitBytes: recorded?.memoryLimitBytes ?? MachineConfiguration.defaultMemoryLimit)
         try launch.serve(recordTo: record, checkpointEvery: checkpointEvery?.duration, configuration: configuration) {
             prepared, world, live, suspension in
             let (sequence, state, _) = try CheckpointDirectory(URL(fileURLWithPath: from)).state(

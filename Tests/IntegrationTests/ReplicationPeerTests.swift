@@ -101,7 +101,7 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
 
         let plain = try WirePeer(port: pair.replicationPort)
-        try? plain.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        try? plain.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64), moduleBytes: 1024, memoryLimitBytes: 1 << 24)))
         XCTAssertNil(try? plain.receive() ?? nil, "a peer without TLS got a frame back")
         try pair.backup.waitFor("refusing a replication peer: TLS handshake failed")
 
@@ -136,12 +136,8 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, "SET", "k1", "v1"), "OK")
         let residentBefore = try residentBytes(pair.backup.pid)
 
-        // sequence u64 | generation u64 | type u8 | length u32, then the header's CRC.
-        var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(21))
-        withUnsafeBytes(of: UInt32(1 << 30).littleEndian) { header.replaceSubrange(17..<21, with: $0) }
-        withUnsafeBytes(of: CRC32C.checksum(header).littleEndian) { header.append(contentsOf: $0) }
         let flood = try WirePeer(port: pair.replicationPort)
-        try flood.send(header)
+        try flood.sendHeader(declaringPayload: 1 << 30)
         let chunk = [UInt8](repeating: 0x5a, count: 1 << 20)
         var sent = 0
         while sent < 256, (try? flood.send(chunk)) != nil { sent += 1 }
@@ -178,12 +174,12 @@ final class ReplicationPeerTests: XCTestCase {
         try pair.backup.waitFor("fails its checksum")
 
         let oldClient = try WirePeer(port: pair.replicationPort)
-        try oldClient.send(.hello(.init(protocolVersion: 99, mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        try oldClient.send(.hello(.init(protocolVersion: 99, mode: .llm, moduleHash: String(repeating: "0", count: 64), moduleBytes: 1024, memoryLimitBytes: 1 << 24)))
         guard case .refusal(let versionReason) = try oldClient.receive() else { return XCTFail("no refusal for version 99") }
         XCTAssertTrue(versionReason.contains("protocol version 99"), versionReason)
 
         let rival = try WirePeer(port: pair.replicationPort)
-        try rival.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64))))
+        try rival.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "0", count: 64), moduleBytes: 1024, memoryLimitBytes: 1 << 24)))
         guard case .refusal(let rivalReason) = try rival.receive() else { return XCTFail("a second primary was not refused") }
         XCTAssertTrue(rivalReason.contains("already protects a primary"), rivalReason)
 
@@ -207,7 +203,7 @@ final class ReplicationPeerTests: XCTestCase {
 
         // The hello names one module, the module sent is another.
         let liar = try WirePeer(port: replicationPort)
-        try liar.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "a", count: 64))))
+        try liar.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "a", count: 64), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 1 << 30)))
         XCTAssertEqual(try liar.receive(), .welcome)
         try liar.send(.module(bytes: moduleBytes, configuration: configuration(String(repeating: "a", count: 64))))
         let answer = try liar.receive()
@@ -215,9 +211,26 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertTrue(moduleReason.contains("SHA-256 is \(realHash)"), moduleReason)
         try backup.waitFor("refusing the primary's session")
 
+        // A module of another size than the hello declared.
+        let braggart = try WirePeer(port: replicationPort)
+        try braggart.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count + 1), memoryLimitBytes: 1 << 30)))
+        XCTAssertEqual(try braggart.receive(), .welcome)
+        try braggart.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash))))
+        guard case .refusal(let sizeReason) = try braggart.receive() else { return XCTFail("a module of the wrong size was not refused") }
+        XCTAssertEqual(sizeReason, "the module is \(moduleBytes.count) bytes; the hello declared \(moduleBytes.count + 1)")
+
+        // Welcomed for a 16 MiB machine, it declares a frame no such machine can need: refused on
+        // the header (16 MiB + a quarter + 16 MiB of slack is the bound), nothing of it kept.
+        let boaster = try WirePeer(port: replicationPort)
+        try boaster.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 16 << 20)))
+        XCTAssertEqual(try boaster.receive(), .welcome)
+        try boaster.sendHeader(declaringPayload: 1 << 30)
+        XCTAssertNil(try boaster.receive(), "the backup kept a connection that declared a 1 GiB frame")
+        try backup.waitFor("a frame of 1073741824 bytes exceeds the limit of \(36 << 20)")
+
         // The right module, then a checkpoint cut short.
         let cutter = try WirePeer(port: replicationPort)
-        try cutter.send(.hello(.init(mode: .llm, moduleHash: String(realHash))))
+        try cutter.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 1 << 30)))
         XCTAssertEqual(try cutter.receive(), .welcome)
         try cutter.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash))))
         try cutter.send(.checkpoint(epoch: 1, bytes: Array(checkpoint.prefix(checkpoint.count / 2))))
@@ -352,6 +365,19 @@ final class WirePeer: @unchecked Sendable {
             }
             beating = thread
             thread.start()
+        }
+    }
+
+    /// A frame header, next in sequence and with a good checksum, declaring a payload of
+    /// `length` bytes, none of which follow.
+    func sendHeader(declaringPayload length: UInt32) throws {
+        try lock.withLock {
+            // sequence u64 | generation u64 | type u8 | length u32, then the header's CRC.
+            var header = Array(WireCodec.encode(.heartbeat, sequence: sequence).prefix(21))
+            withUnsafeBytes(of: length.littleEndian) { header.replaceSubrange(17..<21, with: $0) }
+            withUnsafeBytes(of: CRC32C.checksum(header).littleEndian) { header.append(contentsOf: $0) }
+            try send(header)
+            sequence += 1
         }
     }
 

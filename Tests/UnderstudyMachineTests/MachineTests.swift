@@ -3,6 +3,7 @@ import Metrics
 import MetricsTestKit
 import UnderstudyCheckpoint
 import UnderstudyCore
+import WAT
 import XCTest
 
 @testable import UnderstudyMachine
@@ -12,6 +13,37 @@ final class MachineTests: XCTestCase {
         try Machine(
             prepared: try Fixtures.guest(guest), world: world, suspension: world.suspension,
             configuration: MachineConfiguration(arguments: [guest] + arguments, listenerCount: 1))
+    }
+
+    /// The memory limit is the machine's RAM: a `memory.grow` past it fails as wasm says (-1,
+    /// and the guest goes on), one within it succeeds; a module that starts larger is refused
+    /// with the reason.
+    func testMemoryGrowsUpToTheLimitAndNoFurther() throws {
+        // Exits with 1 if growing by 8 pages failed, 2 if growing by 1 page then failed too, 0 otherwise.
+        let grower = try Fixtures.preparer().prepare(
+            bytes: try wat2wasm(
+                #"""
+                (module
+                  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                  (memory (export "memory") 2)
+                  (func (export "_start")
+                    (if (i32.eq (memory.grow (i32.const 8)) (i32.const -1)) (then (call $exit (i32.const 1))))
+                    (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then (call $exit (i32.const 2))))
+                    (call $exit (i32.const 0))))
+                """#))
+        func exitCode(limitPages: UInt64) throws -> Int32 {
+            let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
+            let machine = try Machine(
+                prepared: grower, world: world, suspension: world.suspension,
+                configuration: MachineConfiguration(arguments: ["grow"], listenerCount: 0, memoryLimitBytes: limitPages * 65_536))
+            return try machine.run()
+        }
+        XCTAssertEqual(try exitCode(limitPages: 4), 1, "grew to 10 pages past a 4-page limit")
+        XCTAssertEqual(try exitCode(limitPages: 10), 2, "grew to 11 pages past a 10-page limit")
+        XCTAssertEqual(try exitCode(limitPages: 11), 0)
+        XCTAssertThrowsError(try exitCode(limitPages: 1)) { error in
+            XCTAssertEqual("\(error)".contains("the guest's initial memory (131072 bytes) exceeds its memory limit (65536 bytes)"), true, "\(error)")
+        }
     }
 
     /// The interpreter, WASI argv and console output against the same C built natively.

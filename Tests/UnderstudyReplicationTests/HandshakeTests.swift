@@ -59,7 +59,7 @@ final class HandshakeTests: XCTestCase {
         let arrived = boundedStream(of: WireMessage.self)
         let (listener, address) = try await listener { message, _ in arrived.continuation.yield(message) }
         let channel = try await ReplicationConnector.connect(
-            to: address, hello: .init(mode: .llm, moduleHash: hash), security: .insecure, group: group, logger: logger)
+            to: address, hello: .init(mode: .llm, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 24), security: .insecure, group: group, logger: logger)
         try await channel.writeAndFlush(WireMessage.logRecords(first: 0, bytes: [1, 2, 3]))
         try await channel.writeAndFlush(WireMessage.heartbeat)
         try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 1))
@@ -75,9 +75,17 @@ final class HandshakeTests: XCTestCase {
     func testAWrongVersionModeOrHashIsRefusedWithItsReason() async throws {
         let (listener, address) = try await listener()
         let cases: [(WireMessage.Hello, String)] = [
-            (.init(protocolVersion: 9, mode: .remus, moduleHash: hash), "protocol version 9 is not supported (this backup speaks \(WireCodec.protocolVersion))"),
-            (.init(mode: .none, moduleHash: hash), "mode none needs no backup"),
-            (.init(mode: .remus, moduleHash: "xyz"), "the module hash is not a SHA-256 in hex"),
+            (.init(protocolVersion: 9, mode: .remus, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 24), "protocol version 9 is not supported (this backup speaks \(WireCodec.protocolVersion))"),
+            (.init(mode: .none, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 24), "mode none needs no backup"),
+            (.init(mode: .remus, moduleHash: "xyz", moduleBytes: 1024, memoryLimitBytes: 1 << 24), "the module hash is not a SHA-256 in hex"),
+            (
+                .init(mode: .remus, moduleHash: hash, moduleBytes: 1 << 30, memoryLimitBytes: 1 << 24),
+                "a module of 1073741824 bytes is not one this backup takes (at most 268435456)"
+            ),
+            (
+                .init(mode: .llm, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 33),
+                "a memory limit of 8589934592 bytes is past what wasm32 addresses"
+            ),
         ]
         for (hello, reason) in cases {
             do {
@@ -90,9 +98,6 @@ final class HandshakeTests: XCTestCase {
         try await listener.close()
     }
 
-    /// A welcomed peer that falls silent is given up after the heartbeat timeout, and the layer
-    /// above hears of it (the backup promotes on this); the listener's own beats keep arriving
-    /// meanwhile.
     /// Heartbeats keep a connection alive, but not one that never says hello: it is refused with
     /// its reason once the handshake's patience is spent, freeing its place in the listener.
     func testAPeerThatBeatsButNeverSaysHelloIsRefused() async throws {
@@ -127,6 +132,9 @@ final class HandshakeTests: XCTestCase {
         try await listener.close()
     }
 
+    /// A welcomed peer that falls silent is given up after the heartbeat timeout, and the layer
+    /// above hears of it (the backup promotes on this); the listener's own beats keep arriving
+    /// meanwhile.
     func testASilentPeerIsClosedAfterTheHeartbeatTimeout() async throws {
         let closed = boundedStream(of: Void.self)
         // Before the connection exists: the silence the listener measures starts after this.
@@ -137,7 +145,7 @@ final class HandshakeTests: XCTestCase {
             onClose: { _ in closed.continuation.yield() })
         let fd = connectRaw(port: listener.localAddress.port!)
         defer { close(fd) }
-        let hello = WireCodec.encode(.hello(.init(mode: .llm, moduleHash: hash)), sequence: 0)
+        let hello = WireCodec.encode(.hello(.init(mode: .llm, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 24)), sequence: 0)
         XCTAssertEqual(hello.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }, hello.count)
         var iterator = closed.stream.makeAsyncIterator()
         let closedInTime = await iterator.next()
@@ -173,7 +181,7 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(recv(fd, &byte, 1, 0), 0, "the backup must close a connection that sent garbage")
 
         let channel = try await ReplicationConnector.connect(
-            to: address, hello: .init(mode: .remus, moduleHash: hash), security: .insecure, group: group, logger: logger)
+            to: address, hello: .init(mode: .remus, moduleHash: hash, moduleBytes: 1024, memoryLimitBytes: 1 << 24), security: .insecure, group: group, logger: logger)
         try await channel.writeAndFlush(WireMessage.checkpointApplied(epoch: 3))
         var iterator = received.stream.makeAsyncIterator()
         let message = await iterator.next()

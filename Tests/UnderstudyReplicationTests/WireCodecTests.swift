@@ -5,7 +5,7 @@ import XCTest
 
 final class WireCodecTests: XCTestCase {
     private let messages: [WireMessage] = [
-        .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32), generation: 9, machine: "kv")), .welcome,
+        .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32), generation: 9, machine: "kv", moduleBytes: 70_000, memoryLimitBytes: 1 << 26)), .welcome,
         .refusal("wrong module"), .protecting(generation: 7, position: 1234),
         .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
         .compressedCheckpoint(epoch: 9, encoding: .zstd, size: 70_000, bytes: Array(repeating: 3, count: 300)),
@@ -122,8 +122,34 @@ final class WireCodecTests: XCTestCase {
         XCTAssertEqual(decodeAll(big, maximumPayload: 16).1, .tooLarge(bytes: 100, limit: 16))
     }
 
+    /// After the handshake a frame may be as large as the hello's machine can need and no
+    /// larger: a 64 MiB machine with a 1 MiB module takes a 96 MiB frame, not one byte more,
+    /// refused on the header; a 4 GiB machine takes all a length can say.
+    func testTheStreamBoundFollowsTheHellosMachine() throws {
+        let small = WireMessage.Hello(mode: .llm, moduleHash: "ab", moduleBytes: 1 << 20, memoryLimitBytes: 64 << 20)
+        let bound = WireLimits.streamPayloadMax(for: small)
+        XCTAssertEqual(bound, (64 << 20) + (16 << 20) + (16 << 20))
+        func header(declaring length: Int) -> [UInt8] {
+            var header = Array(WireCodec.encode(.heartbeat, sequence: 0).prefix(21))
+            withUnsafeBytes(of: UInt32(length).littleEndian) { header.replaceSubrange(17..<21, with: $0) }
+            withUnsafeBytes(of: CRC32C.checksum(header).littleEndian) { header.append(contentsOf: $0) }
+            return header
+        }
+        var fits = WireDecoder(maximumPayload: bound)
+        fits.append(header(declaring: bound))
+        XCTAssertNil(try fits.next(), "a frame of the bound waits for its payload")
+        var past = WireDecoder(maximumPayload: bound)
+        past.append(header(declaring: bound + 1))
+        XCTAssertThrowsError(try past.next()) { XCTAssertEqual($0 as? WireError, .tooLarge(bytes: UInt64(bound + 1), limit: bound)) }
+
+        let module = WireMessage.Hello(mode: .llm, moduleHash: "ab", moduleBytes: 200 << 20, memoryLimitBytes: 1 << 16)
+        XCTAssertEqual(WireLimits.streamPayloadMax(for: module), (200 << 20) + (1 << 20), "the module frame is the largest")
+        let largest = WireMessage.Hello(mode: .llm, moduleHash: "ab", moduleBytes: 1 << 20, memoryLimitBytes: 1 << 32)
+        XCTAssertEqual(WireLimits.streamPayloadMax(for: largest), WireLimits.streamPayloadMax)
+    }
+
     func testAHelloWithAnUnknownModeIsMalformed() {
-        var hello = WireCodec.encode(.hello(.init(mode: .remus, moduleHash: "ab")), sequence: 0)
+        var hello = WireCodec.encode(.hello(.init(mode: .remus, moduleHash: "ab", moduleBytes: 1024, memoryLimitBytes: 1 << 24)), sequence: 0)
         hello[WireCodec.headerBytes + 2] = 9  // the mode byte, after the header and the 2-byte version
         let payloadEnd = hello.count - 4
         let crc = hello.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[WireCodec.headerBytes..<payloadEnd])) }

@@ -1,4 +1,5 @@
 import Foundation
+import UnderstudyMachine
 
 /// What a recording needs besides its checkpoints and log to be replayed on its own: which
 /// module (a copy sits beside it) and how the machine was configured.
@@ -14,13 +15,23 @@ public struct RecordingManifest: Codable, Equatable, Sendable {
     public var arguments: [String]
     public var environment: [String]
     public var listenerCount: Int
+    /// Absent in recordings made before machines had a limit: those ran with the default.
+    public var memoryLimitBytes: UInt64?
 
-    public init(moduleHash: String, arguments: [String], environment: [String], listenerCount: Int) {
+    public init(moduleHash: String, configuration: MachineConfiguration) {
         version = Self.currentVersion
         self.moduleHash = moduleHash
-        self.arguments = arguments
-        self.environment = environment
-        self.listenerCount = listenerCount
+        arguments = configuration.arguments
+        environment = configuration.environment
+        listenerCount = configuration.listenerCount
+        memoryLimitBytes = configuration.memoryLimitBytes
+    }
+
+    /// The machine this manifest describes, as a replay, a restore or a backup builds it.
+    public var configuration: MachineConfiguration {
+        MachineConfiguration(
+            arguments: arguments, environment: environment, listenerCount: listenerCount,
+            memoryLimitBytes: memoryLimitBytes ?? MachineConfiguration.defaultMemoryLimit)
     }
 
     /// Writes the manifest and a copy of the module into `directory`.

@@ -63,8 +63,7 @@ public struct ReplayVerifier {
         let world = ReplayWorld(entries: log.entries, startingAt: Int(position))
         let machine = try Machine(
             restoring: initial, prepared: prepared, world: world, suspension: SuspensionRequest(),
-            configuration: MachineConfiguration(
-                arguments: manifest.arguments, environment: manifest.environment, listenerCount: manifest.listenerCount))
+            configuration: manifest.configuration)
 
         var expected: MachineState? = initial
         var later = sequences.filter { $0 > first }[...]

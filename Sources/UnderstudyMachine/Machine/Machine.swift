@@ -1,6 +1,9 @@
 import Metrics
+import Synchronization
 import UnderstudyCore
-import WasmKit
+// `Store.resourceLimiter` is public behind this SPI in WasmKit 0.4.2: the one way to fail a
+// guest's `memory.grow` past the machine's limit.
+@_spi(Fuzzing) import WasmKit
 
 public struct MachineConfiguration: Sendable {
     /// argv as the guest sees it, argv[0] included.
@@ -13,17 +16,51 @@ public struct MachineConfiguration: Sendable {
     /// The Asyncify buffer holds the locals of the guest's unwound call chain (not its shadow
     /// stack, which stays in place): a few hundred bytes for the C servers here.
     public var unwindBufferBytes: UInt32
+    /// The most linear memory the guest may have, like a VM's RAM size: a `memory.grow` past it
+    /// fails (the guest's malloc returns NULL), a module whose initial memory exceeds it is
+    /// refused. It also bounds what a checkpoint of this machine can weigh on the wire.
+    public var memoryLimitBytes: UInt64
+
+    public static let pageBytes: UInt64 = 65_536
+    /// All that wasm32 can address.
+    public static let largestMemoryLimit: UInt64 = 1 << 32
+    public static let defaultMemoryLimit: UInt64 = 1 << 30
 
     public init(
         arguments: [String], environment: [String] = [], listenerCount: Int,
-        suspendAtEveryBlock: Bool = false, unwindBufferBytes: UInt32 = 16_384
+        suspendAtEveryBlock: Bool = false, unwindBufferBytes: UInt32 = 16_384, memoryLimitBytes: UInt64 = defaultMemoryLimit
     ) {
         self.arguments = arguments
         self.environment = environment
         self.listenerCount = listenerCount
         self.suspendAtEveryBlock = suspendAtEveryBlock
         self.unwindBufferBytes = unwindBufferBytes
+        self.memoryLimitBytes = memoryLimitBytes
     }
+
+    /// Why `bytes` cannot be a machine's memory limit, or nil.
+    public static func problem(withMemoryLimit bytes: UInt64) -> String? {
+        guard bytes >= pageBytes, bytes <= largestMemoryLimit, bytes % pageBytes == 0 else {
+            return "a memory limit is a whole number of 64 KiB pages between 64 KiB and 4 GiB, not \(bytes) bytes"
+        }
+        return nil
+    }
+}
+
+/// Denies every `memory.grow` past the machine's limit. Tables are the module's business.
+private final class MemoryLimiter: ResourceLimiter {
+    let limitBytes: UInt64
+    /// The first size refused: says why an instantiation failed.
+    let denied = Mutex<Int?>(nil)
+    init(limitBytes: UInt64) { self.limitBytes = limitBytes }
+    func limitMemoryGrowth(to desired: Int) throws -> Bool {
+        guard UInt64(desired) <= limitBytes else {
+            denied.withLock { $0 = $0 ?? desired }
+            return false
+        }
+        return true
+    }
+    func limitTableGrowth(to desired: Int) throws -> Bool { true }
 }
 
 public struct SuspensionStatistics: Sendable {
@@ -65,14 +102,20 @@ public final class Machine {
         self.configuration = configuration
         self.prepared = prepared
         self.suspension = suspension
+        if let problem = MachineConfiguration.problem(withMemoryLimit: configuration.memoryLimitBytes) { throw .instantiation(problem) }
         let engine = Engine(configuration: EngineConfiguration(memoryBoundsChecking: .mprotect))
         store = Store(engine: engine)
+        let limiter = MemoryLimiter(limitBytes: configuration.memoryLimitBytes)
+        store.resourceLimiter = limiter
         host = WASIHost(
             world: world, listenerCount: configuration.listenerCount,
             arguments: configuration.arguments, environment: configuration.environment)
         do {
             instance = try prepared.module.instantiate(store: store, imports: host.imports(store: store))
         } catch {
+            if let denied = limiter.denied.withLock({ $0 }) {
+                throw .instantiation("the guest's initial memory (\(denied) bytes) exceeds its memory limit (\(configuration.memoryLimitBytes) bytes)")
+            }
             throw .instantiation("\(error)")
         }
         guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }

@@ -111,9 +111,8 @@ final class ActiveFollower: @unchecked Sendable {
 
     private func follow() throws -> Int32 {
         let world = ReplayThenLiveWorld(replaying: ReplayWorld(following: log, startingAt: Int(seedPosition)), then: nil)
-        let configuration = MachineConfiguration(
-            arguments: manifest.arguments, environment: manifest.environment, listenerCount: manifest.listenerCount)
-        let machine = try Machine(restoring: seed, prepared: prepared, world: world, suspension: suspension, configuration: configuration)
+        let machine = try Machine(
+            restoring: seed, prepared: prepared, world: world, suspension: suspension, configuration: manifest.configuration)
         capture = CheckpointCapture(moduleHash: prepared.hash)
         _ = try capture.writtenPages(machine)  // tracking starts from the seed
         machine.onSuspended = { [unowned self, unowned world] machine in try synchronise(machine, world) }

@@ -19,6 +19,7 @@ final class BackupLink: @unchecked Sendable {
     private let role: PrimaryRoleKeeper
     private let holding: OutputHoldingWorld
     private let moduleHash: String
+    private let moduleBytes: Int
     private let moduleMessage: WireMessage
     private let suspension: SuspensionRequest
     private let group: EventLoopGroup
@@ -63,6 +64,7 @@ final class BackupLink: @unchecked Sendable {
         self.role = role
         self.holding = holding
         moduleHash = prepared.hash
+        moduleBytes = prepared.bytes.count
         // Prepared here, once: the backup checks these bytes against the hello's hash and runs
         // them as they are (no wasm-opt of its own, so a re-seed costs no preparation).
         moduleMessage = .module(bytes: prepared.bytes, configuration: configuration)
@@ -81,8 +83,11 @@ final class BackupLink: @unchecked Sendable {
         while !Task.isCancelled {
             if role.mayConnectBackup, lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
                 do {
+                    let hello = WireMessage.Hello(
+                        mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine,
+                        moduleBytes: UInt64(moduleBytes), memoryLimitBytes: options.memoryLimitBytes)
                     let channel = try await ReplicationConnector.connect(
-                        to: options.backup, hello: .init(mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine),
+                        to: options.backup, hello: hello,
                         security: options.security, group: group, logger: logger, heartbeat: options.heartbeat, fencing: role.fencing)
                     try await channel.pipeline.addHandler(AcknowledgementHandler(link: self, stream: stream)).get()
                     channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }

@@ -56,6 +56,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
         public var ackTimeout: Duration = .milliseconds(500)
         /// The machine's name, said in the hello (a backup for another machine refuses it).
         public var machine = ""
+        /// The machine's memory limit, said in the hello: with the module's size it bounds every
+        /// frame of the connection, both ways.
+        public var memoryLimitBytes = MachineConfiguration.defaultMemoryLimit
         public var reconnectInterval: Duration
 
         public init(

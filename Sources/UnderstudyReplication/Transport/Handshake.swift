@@ -10,6 +10,12 @@ public enum Handshake {
         guard hello.moduleHash.count == 64, hello.moduleHash.allSatisfy(\.isHexDigit) else {
             return "the module hash is not a SHA-256 in hex"
         }
+        guard hello.moduleBytes > 0, hello.moduleBytes <= WireLimits.moduleBytesMax else {
+            return "a module of \(hello.moduleBytes) bytes is not one this backup takes (at most \(WireLimits.moduleBytesMax))"
+        }
+        guard hello.memoryLimitBytes > 0, hello.memoryLimitBytes <= WireLimits.memoryLimitMax else {
+            return "a memory limit of \(hello.memoryLimitBytes) bytes is past what wasm32 addresses"
+        }
         return nil
     }
 }

@@ -159,7 +159,7 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
         if let reason = Handshake.refusal(of: hello) ?? admit(hello, context.channel) { return refuse(reason, context) }
         welcomed = true
         deadline?.cancel()
-        context.triggerUserOutboundEvent(WireHandshakeDone(), promise: nil)
+        context.triggerUserOutboundEvent(WireHandshakeDone(for: hello), promise: nil)
         logger.notice(
             "primary connected",
             metadata: ["mode": "\(hello.mode)", "module": "\(hello.moduleHash.prefix(16))"])
@@ -203,7 +203,7 @@ public enum ReplicationConnector {
             try channel.pipeline.syncOperations.addHandler(WireFrameHandler(logger: logger, fencing: fencing, refusingOlder: false))
             try channel.pipeline.syncOperations.addHandler(
                 HeartbeatHandler(timing: heartbeat, logger: logger))
-            try channel.pipeline.syncOperations.addHandler(PrimaryHandshakeHandler(answer: answer))
+            try channel.pipeline.syncOperations.addHandler(PrimaryHandshakeHandler(answer: answer, hello: hello))
         }.get()
         channel.writeAndFlush(WireMessage.hello(hello), promise: nil)
         do {
@@ -221,15 +221,20 @@ final class PrimaryHandshakeHandler: ChannelInboundHandler {
     typealias InboundIn = WireMessage
 
     private var answer: EventLoopPromise<Void>?
+    /// What this side said: the backup's frames are bounded by the same machine.
+    private let hello: WireMessage.Hello
 
-    init(answer: EventLoopPromise<Void>) { self.answer = answer }
+    init(answer: EventLoopPromise<Void>, hello: WireMessage.Hello) {
+        self.answer = answer
+        self.hello = hello
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let answer else { return context.fireChannelRead(data) }
         self.answer = nil
         switch unwrapInboundIn(data) {
         case .welcome:
-            context.triggerUserOutboundEvent(WireHandshakeDone(), promise: nil)
+            context.triggerUserOutboundEvent(WireHandshakeDone(for: hello), promise: nil)
             answer.succeed()
         case .refusal(let reason): answer.fail(ReplicationConnectError.refused(reason))
         case let other: answer.fail(ReplicationConnectError.refused("expected welcome, got \(other.kind)"))

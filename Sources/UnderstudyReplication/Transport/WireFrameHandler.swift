@@ -30,8 +30,8 @@ final class WireFrameHandler: ChannelDuplexHandler {
     }
 
     func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
-        guard event is WireHandshakeDone else { return context.triggerUserOutboundEvent(event, promise: promise) }
-        decoder.maximumPayload = WireLimits.streamPayloadMax
+        guard let done = event as? WireHandshakeDone else { return context.triggerUserOutboundEvent(event, promise: promise) }
+        decoder.maximumPayload = done.maximumPayload
         welcomed = true
         promise?.succeed()
     }
@@ -67,5 +67,9 @@ final class WireFrameHandler: ChannelDuplexHandler {
 /// Fired up the pipeline whenever bytes arrive, before any frame they complete.
 struct WireBytesArrived {}
 
-/// Sent down the pipeline once the peer is welcomed: frames may now be as large as the stream's.
-struct WireHandshakeDone {}
+/// Sent down the pipeline once the peer is welcomed: frames may now be as large as the largest
+/// the hello's machine can need.
+struct WireHandshakeDone {
+    let maximumPayload: Int
+    init(for hello: WireMessage.Hello) { maximumPayload = WireLimits.streamPayloadMax(for: hello) }
+}

@@ -9,13 +9,28 @@ import UnderstudyCore
 /// that has not been welcomed cannot make the other side buffer more than this.
 public enum WireLimits {
     public static let handshakePayloadMax = 4096
-    /// After the handshake: what the 32-bit length can say (a seed of a 4 GiB memory).
+    /// What the 32-bit length can say.
     public static let streamPayloadMax = Int(UInt32.max)
+    /// What a hello may declare (the module preparer refuses modules far smaller).
+    public static let moduleBytesMax: UInt64 = 256 << 20
+    public static let memoryLimitMax: UInt64 = 1 << 32
+
+    /// After the handshake: the largest frame the protocol legitimately carries for the machine
+    /// the hello describes. The module frame is its module and configuration (a few KiB of
+    /// JSON); the largest of the rest is a checkpoint or a patch of the whole memory, a few
+    /// words per page and block beyond it (a quarter bounds them), or a sync's block hashes
+    /// (an eighth of memory at the smallest block); a log batch is 256 KiB plus one entry,
+    /// which a guest's buffer in that memory bounds.
+    public static func streamPayloadMax(for hello: WireMessage.Hello) -> Int {
+        let bound = max(hello.moduleBytes + (1 << 20), hello.memoryLimitBytes + hello.memoryLimitBytes / 4 + (16 << 20))
+        return Int(min(bound, UInt64(streamPayloadMax)))
+    }
 }
 
 public enum WireCodec {
-    /// 5: frames and the hello carry the generation; the `protecting` marker.
-    public static let protocolVersion: UInt16 = 5
+    /// 5: frames and the hello carry the generation; the `protecting` marker. 6: the hello
+    /// declares the module's size and the machine's memory limit, which bound every frame.
+    public static let protocolVersion: UInt16 = 6
     static let headerBytes = 8 + 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
@@ -69,6 +84,8 @@ public enum WireCodec {
             w.string(hello.moduleHash)
             w.u64(hello.generation)
             w.string(hello.machine)
+            w.u64(hello.moduleBytes)
+            w.u64(hello.memoryLimitBytes)
             return (1, [])
         case .welcome:
             return (2, [])
@@ -141,7 +158,11 @@ public enum WireCodec {
                 guard let mode = ReplicationMode(rawValue: try r.u8()) else { throw WireError.malformed("hello names an unknown mode") }
                 let hash = try r.string()
                 let generation = try r.u64()
-                message = .hello(.init(protocolVersion: version, mode: mode, moduleHash: hash, generation: generation, machine: try r.string()))
+                let machine = try r.string()
+                message = .hello(
+                    .init(
+                        protocolVersion: version, mode: mode, moduleHash: hash, generation: generation, machine: machine,
+                        moduleBytes: try r.u64(), memoryLimitBytes: try r.u64()))
             case 2: message = .welcome
             case 3: message = .refusal(String(decoding: try r.raw(payload.count), as: UTF8.self))
             case 4:

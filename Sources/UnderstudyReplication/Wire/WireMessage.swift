@@ -52,16 +52,23 @@ public enum WireMessage: Equatable, Sendable {
         public var generation: UInt64
         /// The machine's name (`--name`): a backup for another machine refuses it.
         public var machine: String
+        /// The prepared module's size: the module frame must be this size.
+        public var moduleBytes: UInt64
+        /// The machine's memory limit: no checkpoint may hold more. With `moduleBytes` it bounds
+        /// every frame after the handshake (`WireLimits.streamPayloadMax(for:)`).
+        public var memoryLimitBytes: UInt64
 
         public init(
             protocolVersion: UInt16 = WireCodec.protocolVersion, mode: ReplicationMode, moduleHash: String, generation: UInt64 = 0,
-            machine: String = ""
+            machine: String = "", moduleBytes: UInt64, memoryLimitBytes: UInt64
         ) {
             self.protocolVersion = protocolVersion
             self.mode = mode
             self.moduleHash = moduleHash
             self.generation = generation
             self.machine = machine
+            self.moduleBytes = moduleBytes
+            self.memoryLimitBytes = memoryLimitBytes
         }
     }
 
