@@ -61,9 +61,15 @@ public final class BackupService: @unchecked Sendable {
     private let listenerCount: Int
     /// Test-only (`--inject-corruption-at-sync`): an `active` follower corrupts its memory there.
     private let corruptAtSync: UInt64?
-    /// Test-only (`--inject-stall-after-seed`): once seeded, handle and acknowledge nothing more,
-    /// while the connection still heartbeats — a backup stuck behind its applier.
-    private let stallAfterSeed: Bool
+    /// Test-only (`--inject-stall`): from a point on, handle and acknowledge nothing more, while
+    /// the connection still heartbeats — a backup stuck behind its applier.
+    public enum StallPoint: String, Sendable, CaseIterable {
+        /// Once the module is taken: a seed that never completes.
+        case afterModule = "after-module"
+        /// Once seeded: a protecting backup that acknowledges nothing.
+        case afterSeed = "after-seed"
+    }
+    private let stall: StallPoint?
     private var stalled = false
     private let role: BackupRoleKeeper
     /// The machine this backup protects (`--name`); nil takes any.
@@ -71,14 +77,14 @@ public final class BackupService: @unchecked Sendable {
 
     public init(
         logger: Logger, role: BackupRoleKeeper, machine: String?, listenerCount: Int, corruptAtSync: UInt64? = nil,
-        stallAfterSeed: Bool = false
+        stall: StallPoint? = nil
     ) {
         self.logger = logger
         self.role = role
         self.machine = machine
         self.listenerCount = listenerCount
         self.corruptAtSync = corruptAtSync
-        self.stallAfterSeed = stallAfterSeed
+        self.stall = stall
         metrics.protected.record(0)
     }
 
@@ -173,12 +179,12 @@ public final class BackupService: @unchecked Sendable {
             lock.withLock { session?.ended = reason }
             return
         }
-        if stallAfterSeed && current.replica.canPromote {
+        if let stall, stall == .afterSeed ? current.replica.canPromote : current.replica.prepared != nil {
             let first = lock.withLock { () -> Bool in
                 defer { stalled = true }
                 return !stalled
             }
-            if first { logger.warning("fault injection: seeded; acknowledging nothing more") }
+            if first { logger.warning("fault injection: \(stall == .afterSeed ? "seeded" : "module taken"); acknowledging nothing more") }
             return
         }
         do {

@@ -43,8 +43,12 @@ struct BackupCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Test only: corrupt this backup's memory at active sync N, before comparing.", visibility: .hidden))
     var injectCorruptionAtSync: UInt64?
 
-    @Flag(name: .long, help: ArgumentHelp("Test only: once seeded, acknowledge nothing more (while still heartbeating).", visibility: .hidden))
-    var injectStallAfterSeed = false
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Test only: after-module (the seed never completes) or after-seed: from then on handle and acknowledge nothing, while still heartbeating.",
+            visibility: .hidden))
+    var injectStall: BackupService.StallPoint?
 
     @OptionGroup var security: ReplicationSecurityOptions
 
@@ -85,7 +89,7 @@ struct BackupCommand: ParsableCommand {
         }
         let service = BackupService(
             logger: logger, role: role, machine: coordination.name, listenerCount: addresses.count, corruptAtSync: injectCorruptionAtSync,
-            stallAfterSeed: injectStallAfterSeed)
+            stall: injectStall)
         let timing = try heartbeat.timing()
         let address = try replicationAddress()
         do {
@@ -158,3 +162,5 @@ struct ReplicationSecurityOptions: ParsableArguments {
         return .mutualTLS(try .init(certificate: tlsCert, key: tlsKey, authority: tlsCa))
     }
 }
+
+extension BackupService.StallPoint: ExpressibleByArgument {}

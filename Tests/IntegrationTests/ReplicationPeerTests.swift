@@ -44,12 +44,39 @@ final class ReplicationPeerTests: XCTestCase {
         XCTAssertTrue(counter == increments || counter == increments + 1, "counter \(counter) after \(increments) acknowledged INCRs")
     }
 
+    /// A backup being seeded protects nothing yet, so nothing waits for it: with the new backup
+    /// stuck in the middle of its seed (the module taken, no checkpoint applied, still
+    /// heartbeating, so neither the heartbeat nor the acknowledgement timeout gives it up), every
+    /// INCR is answered and the machine is not called protected, in each mode. Once a working
+    /// backup replaces it the machine is protected again, and a failover keeps every INCR.
+    func testRepliesFlowWhileABackupIsBeingSeeded() throws {
+        for mode in ["remus", "llm", "active"] {
+            let pair = try ProtectedPair("kv", mode: mode)
+            defer { pair.stop() }
+            XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "1", mode)
+            try pair.restartBackup(options: ["--inject-stall", "after-module"])
+            try pair.backup.waitFor("fault injection: module taken; acknowledging nothing more")
+            // redis-cli gives up after the harness's 30 s: a reply held for the seeding backup fails here.
+            for expected in 2...21 { XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "\(expected)", mode) }
+            let primary = pair.primary.output
+            XCTAssertEqual(primary.components(separatedBy: "the machine is protected").count - 1, 1, "\(mode): protected by a backup without a seed:\n\(primary)")
+            XCTAssertFalse(primary.contains("acknowledged nothing for"), "\(mode): the replies came out by the acknowledgement timeout:\n\(primary)")
+
+            try pair.restartBackup()
+            try pair.primary.waitFor("the machine is protected", times: 2)
+            try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+            XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "22", mode)
+        }
+    }
+
     /// A backup that heartbeats but acknowledges nothing would hold every reply forever; once
     /// `--ack-timeout` has passed the primary counts it lost and answers (in both modes that
     /// wait on different acknowledgements: checkpoints in remus, the log in llm).
     func testABackupThatStopsAcknowledgingIsGivenUpAfterTheAckTimeout() throws {
         for mode in ["remus", "llm"] {
-            let pair = try ProtectedPair("kv", mode: mode, primaryOptions: ["--ack-timeout", "300ms"], backupOptions: ["--inject-stall-after-seed"])
+            let pair = try ProtectedPair("kv", mode: mode, primaryOptions: ["--ack-timeout", "300ms"], backupOptions: ["--inject-stall", "after-seed"],
+                // It acknowledges nothing, so the machine is never protected: output waits for it.
+                ready: "holding output for the backup")
             defer { pair.stop() }
             try pair.backup.waitFor("fault injection: seeded; acknowledging nothing more")
             // redis-cli gives up after the harness's 30 s: a reply held for the backup fails here.

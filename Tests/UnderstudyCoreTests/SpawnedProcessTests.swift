@@ -46,6 +46,11 @@ final class SpawnedProcessTests: XCTestCase {
     func testTheChildInheritsNoDescriptorAndNoIgnoredSignal() throws {
         var ends: [Int32] = [-1, -1]
         XCTAssertEqual(pipe(&ends), 0)
+        // Far above what `ls` opens for itself (3, 4), which would look inherited.
+        ends = ends.map { end in
+            defer { close(end) }
+            return fcntl(end, F_DUPFD, 300)
+        }
         defer { close(ends[0]); close(ends[1]) }
         let previous = signal(SIGUSR2, SIG_IGN)
         defer { signal(SIGUSR2, previous) }

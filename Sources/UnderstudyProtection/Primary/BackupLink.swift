@@ -55,6 +55,10 @@ final class BackupLink: @unchecked Sendable {
     private var acknowledgedByActive: UInt64 = 0
     /// The connection output waits for; acknowledgements from any other are not the gate's.
     private var protecting: Channel?
+    /// The marker the protecting backup was told, until its acknowledgements pass it: only then
+    /// does it hold what was released alone before, so only then is the machine protected
+    /// (a takeover before it would refuse, as `BackupReplica.reachedMarker` does).
+    private var marker: (generation: UInt64, position: UInt64)?
 
     init(
         options: PrimaryReplicator.Options, role: PrimaryRoleKeeper, holding: OutputHoldingWorld, prepared: PreparedModule,
@@ -155,7 +159,7 @@ final class BackupLink: @unchecked Sendable {
             if awaitingSeed === channel { awaitingSeed = nil }
             labels[ObjectIdentifier(channel)] = nil
             let wasProtecting = protecting === channel
-            if wasProtecting { protecting = nil }
+            if wasProtecting { (protecting, marker) = (nil, nil) }
             guard active === channel else { return (false, false, wasProtecting) }
             active = nil
             unappliedCheckpoints = 0
@@ -257,11 +261,28 @@ final class BackupLink: @unchecked Sendable {
     /// The event loop: `channel`'s backup holds every position below `position`. Only the
     /// protecting connection's acknowledgements release output (a newer backup's count anew).
     func acknowledged(below position: UInt64, on channel: Channel) throws {
-        let gate = lock.withLock { () -> Bool in
+        let (gate, reached) = lock.withLock { () -> (Bool, (generation: UInt64, position: UInt64)?) in
             if active === channel { acknowledgedByActive = max(acknowledgedByActive, position) }
-            return protecting === channel
+            guard protecting === channel else { return (false, nil) }
+            return (true, passMarker(acknowledgedBelow: position))
         }
         if gate { try holding.acknowledge(below: position) }
+        if let reached { announceProtected(reached) }
+    }
+
+    /// Under `lock`: the marker, forgotten, if acknowledgements below `position` pass it. remus
+    /// acknowledges checkpoint `epoch` as `epoch + 1` and its marker names the epoch whose
+    /// checkpoint must be applied; the log's acknowledgements and markers are both positions.
+    private func passMarker(acknowledgedBelow position: UInt64) -> (generation: UInt64, position: UInt64)? {
+        guard let marker, position >= marker.position + (options.mode == .remus ? 1 : 0) else { return nil }
+        self.marker = nil
+        return marker
+    }
+
+    private func announceProtected(_ marker: (generation: UInt64, position: UInt64)) {
+        metrics.protected.record(1)
+        logger.notice(
+            "the machine is protected", metadata: ["mode": "\(options.mode)", "generation": "\(marker.generation)", "from": "\(marker.position)"])
     }
 
     /// The machine's thread, starting to hold: output waits for the active connection from now on
@@ -274,6 +295,17 @@ final class BackupLink: @unchecked Sendable {
         }
     }
 
+    /// The machine's thread: `channel` was told it protects the machine from `position` on.
+    /// What it has acknowledged may already pass it.
+    func markerSent(generation: UInt64, position: UInt64, on channel: Channel) {
+        let reached = lock.withLock { () -> (generation: UInt64, position: UInt64)? in
+            guard protecting === channel else { return nil }
+            marker = (generation, position)
+            return passMarker(acknowledgedBelow: acknowledgedByActive)
+        }
+        if let reached { announceProtected(reached) }
+    }
+
     /// The role's queue: output waits for no connection.
-    func stopProtecting() { lock.withLock { protecting = nil } }
+    func stopProtecting() { lock.withLock { (protecting, marker) = (nil, nil) } }
 }

@@ -73,9 +73,9 @@ final class OutputRole: @unchecked Sendable {
             return
         }
         let position = holding.positionOfNextOutput()
+        link.markerSent(generation: generation, position: position, on: channel)
         channel.writeAndFlush(WireMessage.protecting(generation: generation, position: position), promise: nil)
-        metrics.protected.record(1)
-        logger.notice("the machine is protected", metadata: ["mode": "\(mode)", "generation": "\(generation)", "from": "\(position)"])
+        logger.notice("holding output for the backup", metadata: ["mode": "\(mode)", "generation": "\(generation)", "from": "\(position)"])
     }
 
     /// The role's queue: the primary holds the machine alone.

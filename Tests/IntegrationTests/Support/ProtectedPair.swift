@@ -34,7 +34,8 @@ final class UnderstudyProcess {
 
 /// `understudy backup` and `understudy primary GUEST --mode MODE` on loopback, fenced by a real
 /// etcd of their own (unless a test asks for none), the primary protected (the backup holds its
-/// seed and the store records it) when `init` returns.
+/// seed, the store records it, and the backup has acknowledged what was released before) when
+/// `init` returns, or once it has said `ready`.
 final class ProtectedPair {
     let servicePort = Harness.freePort()
     let replicationPort = Harness.freePort()
@@ -74,7 +75,7 @@ final class ProtectedPair {
 
     init(
         _ guest: String, mode: String, security: Security = .tls, coordination: Coordination = .etcd, guestArguments: [String] = [],
-        primaryOptions: [String] = [], backupOptions: [String] = []
+        primaryOptions: [String] = [], backupOptions: [String] = [], ready: String = "the machine is protected"
     ) throws {
         self.mode = mode
         self.guest = guest
@@ -92,7 +93,7 @@ final class ProtectedPair {
                 "primary", try Harness.guest(guest), "--listen", "127.0.0.1:\(servicePort)", "--backup",
                 "127.0.0.1:\(replicationPort)", "--mode", mode,
             ] + (try security.flags()) + coordinationFlags + primaryOptions + (guestArguments.isEmpty ? [] : ["--"] + guestArguments))
-        try primary.waitFor("the machine is protected")
+        try primary.waitFor(ready)
     }
 
     static func startBackup(replicationPort: UInt16, servicePort: UInt16, options: [String] = []) throws -> UnderstudyProcess {
@@ -106,9 +107,10 @@ final class ProtectedPair {
     }
 
     /// Replaces the backup (after killing it) with a new process on the same ports.
-    func restartBackup() throws {
+    func restartBackup(options: [String] = []) throws {
         backup.kill()
-        backup = try Self.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + coordinationFlags)
+        backup = try Self.startBackup(
+            replicationPort: replicationPort, servicePort: servicePort, options: try security.flags() + coordinationFlags + options)
     }
 
     /// SIGKILLs the primary and waits for the backup to serve; returns the milliseconds from the
