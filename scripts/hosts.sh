@@ -13,7 +13,8 @@
 #                                       kernel's tc has no classifiers to drop by address)
 #   scripts/hosts.sh heal-link A B      undo cut-link
 #   scripts/hosts.sh kill HOST          host death: cut first, then SIGKILL every process in it,
-#                                       so no FIN or RST ever reaches the others
+#                                       so no FIN or RST ever reaches the others; the addresses
+#                                       added at run time (a service IP) go, as with a reboot
 #   scripts/hosts.sh exec HOST CMD…     run CMD in HOST's namespace
 #   scripts/hosts.sh ip HOST            print HOST's address
 set -euo pipefail
@@ -40,8 +41,9 @@ up() {
         fi
         ip netns exec "$ns" ip link set lo up
         ip netns exec "$ns" ip link set eth0 up
-        # Whole again, whatever a run that died mid-test left cut.
+        # Whole again, whatever a run that died mid-test left cut or added.
         heal "$host"
+        ip netns exec "$ns" ip addr flush dev eth0 secondary
         ip netns exec "$ns" ip neigh flush nud permanent dev eth0 2>/dev/null || true
     done
 }
@@ -85,7 +87,8 @@ case "${1:-}" in
     kill)
         namespace "${2:?host}" >/dev/null
         cut "$2"
-        ip netns pids "us-$2" | xargs -r kill -9 ;;
+        ip netns pids "us-$2" | xargs -r kill -9
+        inside "$2" ip addr flush dev eth0 secondary ;;
     exec) namespace "${2:?host}" >/dev/null; inside "$2" "${@:3}" ;;
     ip) namespace "${2:?host}" >/dev/null; echo "${address[$2]}" ;;
     *) die "usage: hosts.sh up|down|cut HOST|heal HOST|cut-link A B|heal-link A B|kill HOST|exec HOST CMD…|ip HOST" ;;

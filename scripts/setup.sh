@@ -8,7 +8,7 @@
 # redis-server, which `make bench` compares against. Idempotent: does nothing when all are present.
 set -euo pipefail
 
-packages=(wasi-libc libclang-rt-19-dev-wasm32 binaryen wabt libzstd-dev liblz4-dev redis-tools redis-server wrk curl openssl util-linux etcd-server etcd-client iproute2)
+packages=(wasi-libc libclang-rt-19-dev-wasm32 binaryen wabt libzstd-dev liblz4-dev redis-tools redis-server wrk curl openssl util-linux etcd-server etcd-client iproute2 iputils-arping)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -94,3 +94,52 @@ long understudy_pagemap_scan(int pagemap, void *start, uint64_t length, struct u
 int understudy_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest) {
     return posix_spawn_file_actions_addclosefrom_np(actions, lowest);
 }
+
+#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <string.h>
+
+// One broadcast ARP frame of `operation` (1 request, 2 reply) in which the sender and the target
+// are both `ip` with this interface's MAC: what neighbours take as "ip is now here".
+static int send_arp(int fd, const struct sockaddr_ll *to, const unsigned char mac[6], uint32_t ip, uint16_t operation) {
+    unsigned char frame[42];
+    memset(frame, 0xff, 6);                       // destination: broadcast
+    memcpy(frame + 6, mac, 6);                    // source
+    frame[12] = 0x08; frame[13] = 0x06;           // EtherType ARP
+    frame[14] = 0x00; frame[15] = 0x01;           // hardware: Ethernet
+    frame[16] = 0x08; frame[17] = 0x00;           // protocol: IPv4
+    frame[18] = 6; frame[19] = 4;
+    frame[20] = operation >> 8; frame[21] = operation & 0xff;
+    memcpy(frame + 22, mac, 6);                   // sender MAC
+    memcpy(frame + 28, &ip, 4);                   // sender IP
+    memset(frame + 32, operation == 2 ? 0xff : 0x00, 6);  // target MAC
+    memcpy(frame + 38, &ip, 4);                   // target IP
+    return sendto(fd, frame, sizeof frame, 0, (const struct sockaddr *)to, sizeof *to) == (ssize_t)sizeof frame ? 0 : -1;
+}
+
+int understudy_gratuitous_arp(const char *interface, uint32_t ip) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ARP));
+    if (fd < 0) return -errno;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, interface, IFNAMSIZ - 1);
+    int result = 0;
+    if (ioctl(fd, SIOCGIFINDEX, &request) < 0) { result = -errno; goto done; }
+    struct sockaddr_ll to;
+    memset(&to, 0, sizeof to);
+    to.sll_family = AF_PACKET;
+    to.sll_protocol = htons(ETH_P_ARP);
+    to.sll_ifindex = request.ifr_ifindex;
+    to.sll_halen = 6;
+    memset(to.sll_addr, 0xff, 6);
+    if (ioctl(fd, SIOCGIFHWADDR, &request) < 0) { result = -errno; goto done; }
+    unsigned char mac[6];
+    memcpy(mac, request.ifr_hwaddr.sa_data, 6);
+    if (send_arp(fd, &to, mac, ip, 1) < 0 || send_arp(fd, &to, mac, ip, 2) < 0) result = -errno;
+done:
+    close(fd);
+    return result;
+}

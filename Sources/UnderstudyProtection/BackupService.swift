@@ -90,13 +90,14 @@ public final class BackupService: @unchecked Sendable {
 
     /// Takes the service over from the promotion: `llm` and `remus` restore (and replay) in a
     /// fresh machine; `active` lets its running machine go live. Returns the guest's exit code.
-    public func takeOver(_ promotion: Promotion, listening addresses: [ServiceAddress]) throws -> Int32 {
+    /// `serviceIP` is taken once the listeners are open.
+    public func takeOver(_ promotion: Promotion, listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?) throws -> Int32 {
         if let follower = promotion.follower {
             logger.notice("serving", metadata: ["listen": "\(addresses.map(\.description).joined(separator: ","))"])
-            return try follower.takeOver(listening: addresses, detected: promotion.detected)
+            return try follower.takeOver(listening: addresses, serviceIP: serviceIP, detected: promotion.detected)
         }
         let suspension = SuspensionRequest()
-        let takeover = try Takeover(promotion, listening: addresses, suspension: suspension, logger: logger)
+        let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger)
         let (replayed, logger) = (promotion.log.count, logger)
         takeover.replay?.onWentLive = {
             logger.notice(

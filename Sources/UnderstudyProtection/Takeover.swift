@@ -20,13 +20,14 @@ public struct Takeover {
     /// primary's process is gone; a primary that is only cut off keeps it, and this backup waits.
     public static let addressPatience: Duration = .seconds(30)
 
-    public init(_ promotion: BackupService.Promotion, listening addresses: [ServiceAddress], suspension: SuspensionRequest, logger: Logger)
-        throws
-    {
+    public init(
+        _ promotion: BackupService.Promotion, listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, suspension: SuspensionRequest,
+        logger: Logger
+    ) throws {
         guard addresses.count == promotion.manifest.listenerCount else {
             throw TakeoverError("the primary's machine has \(promotion.manifest.listenerCount) listeners; --listen gave \(addresses.count)")
         }
-        live = try Self.openService(addresses, suspension: suspension, logger: logger)
+        live = try Self.openService(addresses, serviceIP: serviceIP, suspension: suspension, logger: logger)
         let accepted = promotion.log.compactMap(\.acceptedConnection).map(\.value).max() ?? 0
         live.reserveConnections(through: max(promotion.state.descriptors.highestConnection, accepted))
         let world: MachineWorld
@@ -43,12 +44,20 @@ public struct Takeover {
             configuration: promotion.manifest.configuration)
     }
 
-    static func openService(_ addresses: [ServiceAddress], suspension: SuspensionRequest, logger: Logger) throws -> LiveWorld {
+    /// Opens the listeners, then takes the service IP (if there is one): clients the announcement
+    /// sends here find a listener, not a reset.
+    static func openService(_ addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, suspension: SuspensionRequest, logger: Logger) throws
+        -> LiveWorld
+    {
         let deadline = ContinuousClock.now + addressPatience
         var waiting = false
         while true {
             do {
-                return try LiveWorld(listening: addresses, suspension: suspension)
+                let live = try LiveWorld(listening: addresses, suspension: suspension)
+                try serviceIP?.take()
+                return live
+            } catch let error as ServiceIPError {
+                throw error
             } catch {
                 guard ContinuousClock.now < deadline else { throw error }
                 if !waiting { logger.warning("the service address is still taken; waiting for it", metadata: ["reason": "\(error)"]) }

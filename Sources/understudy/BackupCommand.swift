@@ -52,6 +52,8 @@ struct BackupCommand: ParsableCommand {
 
     @OptionGroup var security: ReplicationSecurityOptions
 
+    @OptionGroup var serviceIP: ServiceIPOptions
+
     @OptionGroup var coordination: CoordinationOptions
 
     @OptionGroup var metrics: MetricsOption
@@ -80,7 +82,15 @@ struct BackupCommand: ParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let role: BackupRoleKeeper
         let replicationSecurity: ReplicationSecurity
+        let serviceIP: ServiceIPHolder?
         do {
+            serviceIP = try self.serviceIP.holder(logger: logger)
+            // A standby never holds the address: one left here by a process that died without
+            // giving it up would answer clients' ARP beside the primary's.
+            if let serviceIP, serviceIP.isHere {
+                logger.warning("removing a service IP this host still had: a standby does not hold it", metadata: ["ip": "\(serviceIP.ip)"])
+                serviceIP.giveUp()
+            }
             replicationSecurity = try security.security(logger: logger)
             let store = try coordination.store(machine: coordination.name ?? "unnamed", group: group, logger: logger)
             role = BackupRoleKeeper(store: store, identity: CoordinationOptions.identity(role: "backup"), logger: logger)
@@ -103,7 +113,8 @@ struct BackupCommand: ParsableCommand {
         let promotion = service.waitForPromotion()
         _ = try? blocking(on: group) { await service.close() }
         do {
-            let code = try service.takeOver(promotion, listening: addresses)
+            defer { serviceIP?.giveUp() }
+            let code = try service.takeOver(promotion, listening: addresses, serviceIP: serviceIP)
             _ = try? blocking(on: group) { await role.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {

@@ -74,6 +74,8 @@ struct PrimaryCommand: ParsableCommand {
 
     @OptionGroup var security: ReplicationSecurityOptions
 
+    @OptionGroup var serviceIP: ServiceIPOptions
+
     @OptionGroup var metrics: MetricsOption
 
     @OptionGroup var logging: LoggingOptions
@@ -115,11 +117,16 @@ struct PrimaryCommand: ParsableCommand {
             try CoordinationOptions.check(name: machineName)
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let replicationSecurity = try security.security(logger: logger)
+            let serviceIP = try self.serviceIP.holder(logger: logger)
             let role = try claimRole(machine: machineName, group: group, logger: logger)
             let configuration = guest.configuration(module: module, listenerCount: addresses.count)
             let manifest = RecordingManifest(moduleHash: prepared.hash, configuration: configuration)
             let suspension = SuspensionRequest()
             let live = try LiveWorld(listening: addresses, suspension: suspension)
+            // The generation is won and the listeners are open: clients the announcement sends
+            // here find a listener, not a reset.
+            try serviceIP?.take()
+            defer { serviceIP?.giveUp() }
             var options = PrimaryReplicator.Options(
                 mode: mode, backup: try backupAddress(), security: replicationSecurity, heartbeat: try heartbeat.timing())
             if let epoch { options.epoch = epoch.duration }
@@ -130,6 +137,7 @@ struct PrimaryCommand: ParsableCommand {
             if let ackTimeout { options.ackTimeout = ackTimeout.duration }
             options.machine = machineName
             options.memoryLimitBytes = configuration.memoryLimitBytes
+            options.beforeStandingDown = { serviceIP?.giveUp() }
             let replicator = PrimaryReplicator(
                 options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)

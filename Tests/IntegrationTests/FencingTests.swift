@@ -78,12 +78,16 @@ final class IncrementLoad: @unchecked Sendable {
     /// Replies that were neither an integer nor a broken connection.
     var errors: [String] { lock.withLock { oddities } }
 
-    init(port: UInt16, key: String, hosts: [String] = ["127.0.0.1"]) {
+    /// `from`: the host (namespace) its connections come from; nil: this one.
+    init(port: UInt16, key: String, hosts: [String] = ["127.0.0.1"], from origin: String? = nil) {
         self.port = port
         self.key = key
         let request = "*2\r\n$4\r\nINCR\r\n$\(key.utf8.count)\r\n\(key)\r\n"
         Thread { [self] in
             defer { finished.signal() }
+            if let origin {
+                do { try Hosts.enter(origin) } catch { return lock.withLock { oddities.append("\(error)") } }
+            }
             var next = 0
             while lock.withLock({ running }) {
                 let host = hosts[next % hosts.count]

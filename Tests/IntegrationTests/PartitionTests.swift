@@ -80,7 +80,9 @@ final class PartitionTests: XCTestCase {
     }
 }
 
-/// A primary on host `a`, its backup on `b`, etcd on `etcd`; mutual TLS.
+/// A primary on host `a`, its backup on `b`, etcd on `etcd`; mutual TLS. With `serviceIP` both
+/// listen on `Hosts.serviceIP`, which moves with the primary role; otherwise each on its host's
+/// own address.
 final class HostPair {
     let servicePort = Harness.freePort()
     let replicationPort = Harness.freePort()
@@ -88,19 +90,22 @@ final class HostPair {
     let backup: UnderstudyProcess
     let primary: UnderstudyProcess
 
-    init(mode: String, primaryOptions: [String] = []) throws {
+    init(mode: String, serviceIP: Bool = false, primaryOptions: [String] = []) throws {
         try Hosts.up()
         etcd = try EtcdServer(host: "etcd")
         let (a, b) = (try Hosts.address("a"), try Hosts.address("b"))
         let common = try Harness.certificates().flags + ["--etcd", etcd.endpoint, "--name", "hosts-\(servicePort)"]
+            + (serviceIP ? Hosts.serviceIPFlags : [])
         backup = try UnderstudyProcess(
-            "backup", ["backup", "--replication", "\(b):\(replicationPort)", "--listen", "\(b):\(servicePort)"] + common,
+            "backup", ["backup", "--replication", "\(b):\(replicationPort)", "--listen", "\(serviceIP ? Hosts.serviceIP : b):\(servicePort)"] + common,
             environment: ["UNDERSTUDY_WASM_OPT": "/nonexistent/wasm-opt"], host: "b")
         try backup.waitFor("waiting for a primary")
         primary = try UnderstudyProcess(
             "primary",
-            ["primary", try Harness.guest("kv"), "--listen", "\(a):\(servicePort)", "--backup", "\(b):\(replicationPort)", "--mode", mode]
-                + common + primaryOptions, host: "a")
+            [
+                "primary", try Harness.guest("kv"), "--listen", "\(serviceIP ? Hosts.serviceIP : a):\(servicePort)", "--backup",
+                "\(b):\(replicationPort)", "--mode", mode,
+            ] + common + primaryOptions, host: "a")
         try primary.waitFor("the machine is protected")
     }
 

@@ -18,6 +18,9 @@ int understudy_getrandom(void *buffer, size_t length);
 int understudy_pipe(int ends[2]);
 // posix_spawn_file_actions_addclosefrom_np: the child closes every descriptor from `lowest` up.
 int understudy_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest);
+// Gratuitous ARP for `ip` (network order) on `interface`: a broadcast request and a broadcast
+// reply, each naming `ip` at the interface's MAC. 0, or -errno.
+int understudy_gratuitous_arp(const char *interface, uint32_t ip);
 
 #endif
 

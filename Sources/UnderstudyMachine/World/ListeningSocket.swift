@@ -43,6 +43,10 @@ func openListeningSocket(_ address: ServiceAddress, backlog: Int32 = 1024) throw
     guard fd >= 0 else { throw .failed(address, step: "socket", reason: hostErrorText()) }
     var one: Int32 = 1
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    // A service IP may not be on this host yet (a backup opens the service before it announces
+    // the address, or the address is still coming up): bind it regardless.
+    let ipFreebind: Int32 = 15  // <linux/in.h>; Glibc's module does not export it
+    setsockopt(fd, Int32(IPPROTO_IP), ipFreebind, &one, socklen_t(MemoryLayout<Int32>.size))
     let bound = withUnsafePointer(to: &storage) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
     }

@@ -74,8 +74,8 @@ final class ActiveFollower: @unchecked Sendable {
 
     /// Takes the service over: the live world answers once the machine has used up the log.
     /// Returns the guest's exit code once it exits.
-    func takeOver(listening addresses: [ServiceAddress], detected: ContinuousClock.Instant) throws -> Int32 {
-        let live = try Takeover.openService(addresses, suspension: suspension, logger: logger)
+    func takeOver(listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, detected: ContinuousClock.Instant) throws -> Int32 {
+        let live = try Takeover.openService(addresses, serviceIP: serviceIP, suspension: suspension, logger: logger)
         live.reserveConnections(through: max(seed.descriptors.highestConnection, log.highestAccepted))
         ready.wait()
         ready.signal()

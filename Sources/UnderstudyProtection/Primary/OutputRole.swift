@@ -16,7 +16,8 @@ final class OutputRole: @unchecked Sendable {
     private let recording: RecordingWorld?
     private let suspension: SuspensionRequest
     private let mode: ReplicationMode
-    private let metrics: ReplicationMetrics
+    /// What the process gives up for the role before it exits (the service IP).
+    private let beforeStandingDown: @Sendable () -> Void
     private let logger: Logger
     /// The role's request to start holding, carried out at the next suspension: made on the
     /// role's queue, taken on the machine's thread; guarded by `lock`.
@@ -25,14 +26,14 @@ final class OutputRole: @unchecked Sendable {
 
     init(
         holding: OutputHoldingWorld, link: BackupLink, recording: RecordingWorld?, suspension: SuspensionRequest, mode: ReplicationMode,
-        metrics: ReplicationMetrics, logger: Logger
+        beforeStandingDown: @escaping @Sendable () -> Void, logger: Logger
     ) {
         self.holding = holding
         self.link = link
         self.recording = recording
         self.suspension = suspension
         self.mode = mode
-        self.metrics = metrics
+        self.beforeStandingDown = beforeStandingDown
         self.logger = logger
     }
 
@@ -89,6 +90,7 @@ final class OutputRole: @unchecked Sendable {
     /// takes the exit for a death and its claim decides.
     private func standDown(_ reason: String) {
         holding.dropEverything()
+        beforeStandingDown()
         FileHandle.standardError.write(Data("understudy: standing down: \(reason)\n".utf8))
         exit(StandDown.exitCode)
     }

@@ -59,6 +59,9 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// The machine's memory limit, said in the hello: with the module's size it bounds every
         /// frame of the connection, both ways.
         public var memoryLimitBytes = MachineConfiguration.defaultMemoryLimit
+        /// Runs just before a primary that lost its role exits: what it holds for the role (the
+        /// service IP) goes first.
+        public var beforeStandingDown: @Sendable () -> Void = {}
         public var reconnectInterval: Duration
 
         public init(
@@ -148,7 +151,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
             link: link, stream: stream, holding: holding, recording: recording, capture: capture, backupCopy: backupCopy, sender: sender,
             suspension: suspension, moduleHash: prepared.hash, metrics: metrics, logger: logger)
         output = OutputRole(
-            holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode, metrics: metrics, logger: logger)
+            holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode,
+            beforeStandingDown: options.beforeStandingDown, logger: logger)
         metrics.protected.record(0)
     }
 

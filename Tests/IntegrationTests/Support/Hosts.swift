@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import XCTest
 
 /// Hosts as network namespaces (`scripts/hosts.sh`): `a`, `b`, `c`, `clients` and `etcd` on one
@@ -46,6 +47,30 @@ enum Hosts {
     static func kill(_ host: String) throws {
         try hostsScript(["kill", host])
         TestScope.current.atEnd { _ = try? hostsScript(["heal", host]) }
+    }
+
+    /// Moves the calling thread into `host`'s network namespace: sockets it opens from then on
+    /// are that host's. Only for a thread of its own (the runner's others stay where they are).
+    static func enter(_ host: String) throws {
+        typealias SetNamespace = @convention(c) (Int32, Int32) -> Int32
+        guard let symbol = dlsym(nil, "setns") else {  // RTLD_DEFAULT
+            throw HarnessError.missingPrerequisite("setns is not in this libc")
+        }
+        let fd = open("/var/run/netns/\(try namespace(host))", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw HarnessError.missingPrerequisite("no namespace for host \(host): errno \(errno)") }
+        defer { close(fd) }
+        guard unsafeBitCast(symbol, to: SetNamespace.self)(fd, 0x4000_0000) == 0 else {  // CLONE_NEWNET
+            throw HarnessError.missingPrerequisite("cannot enter host \(host)'s namespace: errno \(errno)")
+        }
+    }
+
+    /// The address that moves with the primary role (`--service-ip`), on every host's eth0.
+    static let serviceIP = "10.77.0.100"
+    static var serviceIPFlags: [String] { ["--service-ip", "\(serviceIP)/24", "--service-interface", "eth0"] }
+
+    /// Whether `host`'s interface carries the service IP now.
+    static func holdsServiceIP(_ host: String) throws -> Bool {
+        try hostsScript(["exec", host, "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).contains(" \(serviceIP)/24 ")
     }
 
     @discardableResult

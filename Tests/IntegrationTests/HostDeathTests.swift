@@ -1,0 +1,88 @@
+import Foundation
+import XCTest
+
+/// Host death across real hosts (network namespaces): the primary on `a`, its backup on `b`, etcd
+/// on `etcd`, clients in `clients` using only the service IP. `a` dies silently (cut, then
+/// SIGKILL: no FIN or RST reaches anyone), so the backup learns of it from heartbeat silence
+/// alone; it must win the generation, take the service IP and serve, keeping every
+/// acknowledged write.
+final class HostDeathTests: XCTestCase {
+    func testTheServiceIPMovesToTheBackupWhenThePrimarysHostDies() throws {
+        for mode in ["llm", "remus", "active"] {
+            let pair = try HostPair(mode: mode, serviceIP: true)
+            defer { pair.stop() }
+            XCTAssertTrue(try Hosts.holdsServiceIP("a"), "\(mode): the primary does not hold the service IP")
+            XCTAssertFalse(try Hosts.holdsServiceIP("b"), "\(mode): the standby holds the service IP")
+            XCTAssertEqual(try redisCLI(pair, "SET", "before", "1"), "OK", mode)
+            let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.serviceIP], from: "clients")
+            defer { load.stop() }
+            try Harness.waitUntil("\(mode): INCRs acknowledged through the service IP") { load.highest >= 20 }
+
+            try Hosts.kill("a")
+            try pair.backup.waitFor("took the service IP")
+            XCTAssertTrue(pair.backup.output.contains("the peer has been silent"), "\(mode): detected otherwise than by silence:\n\(pair.backup.output)")
+            let before = load.highest
+            try Harness.waitUntil("\(mode): INCRs acknowledged again after the failover") { load.highest > before + 10 }
+            load.stop()
+
+            XCTAssertTrue(try Hosts.holdsServiceIP("b"), mode)
+            XCTAssertEqual(load.errors, [], mode)
+            XCTAssertEqual(try redisCLI(pair, "GET", "before"), "1", mode)
+            let served = try XCTUnwrap(Int(try redisCLI(pair, "GET", "counter")), mode)
+            XCTAssertGreaterThanOrEqual(served, load.highest, "\(mode): an acknowledged INCR is lost")
+            let values = load.acknowledgements.map(\.value)
+            XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards across the failover")
+            XCTAssertEqual(Set(values).count, values.count, "\(mode): one value acknowledged twice")
+            print("\(mode): host a died; b serves \(Hosts.serviceIP), counter \(served) ≥ \(load.highest)")
+            pair.stop()
+            try Hosts.heal("a")  // rebooted, empty, for the next mode
+        }
+    }
+
+    /// A real client in the `clients` namespace, through the service IP.
+    func redisCLI(_ pair: HostPair, _ arguments: String...) throws -> String {
+        let outcome = try Harness.run(
+            "ip", ["netns", "exec", try Hosts.namespace("clients"), "redis-cli", "-h", Hosts.serviceIP, "-p", "\(pair.servicePort)"] + arguments,
+            timeoutSeconds: 30)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+extension HostDeathTests {
+    /// The link between primary and backup cut, etcd reachable from both, clients on the service
+    /// IP: exactly one side wins the generation; the winner holds the IP at the end, the loser
+    /// does not (a primary that lost removes it before it exits), and no acknowledged INCR is lost.
+    func testCuttingThePrimaryFromItsBackupLeavesTheServiceIPWithTheWinner() throws {
+        for mode in ["llm", "remus"] {
+            let pair = try HostPair(mode: mode, serviceIP: true)
+            defer { pair.stop() }
+            let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.serviceIP], from: "clients")
+            defer { load.stop() }
+            try Harness.waitUntil("\(mode): INCRs acknowledged through the service IP") { load.highest >= 20 }
+            try Hosts.cutLink("a", "b")
+            try Harness.waitUntil("\(mode): one side settled", seconds: 30) {
+                pair.backup.output.contains("took the service IP") ? !pair.primary.isRunning : pair.backup.output.contains("not taking over")
+            }
+            let winner = pair.backup.output.contains("took the service IP") ? "b" : "a"
+            let loser = winner == "a" ? "b" : "a"
+            XCTAssertTrue(try Hosts.holdsServiceIP(winner), "\(mode): the winner \(winner) does not hold the service IP")
+            XCTAssertFalse(try Hosts.holdsServiceIP(loser), "\(mode): the loser \(loser) still holds the service IP")
+            if winner == "b" {
+                XCTAssertEqual(pair.primary.terminationStatus, 75, "\(mode):\n\(pair.primary.output.suffix(2000))")
+                XCTAssertTrue(pair.primary.output.contains("gave up the service IP"), "\(mode):\n\(pair.primary.output.suffix(2000))")
+            }
+            try Hosts.healLink("a", "b")
+            let before = load.highest
+            try Harness.waitUntil("\(mode): INCRs acknowledged again by \(winner)") { load.highest > before + 10 }
+            load.stop()
+            XCTAssertEqual(load.errors, [], mode)
+            let values = load.acknowledgements.map(\.value)
+            XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards: two processes acknowledged")
+            XCTAssertGreaterThanOrEqual(
+                try XCTUnwrap(Int(try redisCLI(pair, "GET", "counter"))), load.highest, "\(mode): an acknowledged INCR is lost")
+            print("\(mode): cut a↔b with the service IP: \(winner) serves it")
+            pair.stop()
+        }
+    }
+}
