@@ -34,6 +34,8 @@ public final class BackupService: @unchecked Sendable {
         public var epoch: UInt64
         /// When the primary's death was noticed.
         public var detected: ContinuousClock.Instant
+        /// The generation this backup won to take over (0 until it has).
+        public var generation: UInt64 = 0
     }
 
     private struct Session {
@@ -309,6 +311,7 @@ public final class BackupService: @unchecked Sendable {
     private func promote(_ plan: Promotion, generation: UInt64) {
         lock.withLock {
             promotion = plan
+            promotion?.generation = generation
             session = nil
         }
         metrics.failovers.increment()

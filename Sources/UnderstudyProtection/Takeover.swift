@@ -20,9 +20,11 @@ public struct Takeover {
     /// primary's process is gone; a primary that is only cut off keeps it, and this backup waits.
     public static let addressPatience: Duration = .seconds(30)
 
+    /// `around` builds the world the machine answers from on top of the live one (a promoted
+    /// primary's holding and recording); by default the live world itself.
     public init(
         _ promotion: BackupService.Promotion, listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, suspension: SuspensionRequest,
-        logger: Logger
+        logger: Logger, around: (LiveWorld) throws -> MachineWorld = { $0 }
     ) throws {
         guard addresses.count == promotion.manifest.listenerCount else {
             throw TakeoverError("the primary's machine has \(promotion.manifest.listenerCount) listeners; --listen gave \(addresses.count)")
@@ -31,13 +33,14 @@ public struct Takeover {
         let accepted = promotion.log.compactMap(\.acceptedConnection).map(\.value).max() ?? 0
         live.reserveConnections(through: max(promotion.state.descriptors.highestConnection, accepted))
         let world: MachineWorld
+        let served = try around(live)
         if promotion.mode == .llm {
-            let replay = ReplayThenLiveWorld(replaying: ReplayWorld(entries: promotion.log, startingAt: 0), then: live)
+            let replay = ReplayThenLiveWorld(replaying: ReplayWorld(entries: promotion.log, startingAt: 0), then: served)
             self.replay = replay
             world = replay
         } else {
             replay = nil
-            world = live
+            world = served
         }
         machine = try Machine(
             restoring: promotion.state, prepared: promotion.prepared, world: world, suspension: suspension,

@@ -81,6 +81,7 @@ struct BackupCommand: ParsableCommand {
         defer { endpoint?.close() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let role: BackupRoleKeeper
+        let store: any GenerationStore
         let replicationSecurity: ReplicationSecurity
         let serviceIP: ServiceIPHolder?
         do {
@@ -92,7 +93,7 @@ struct BackupCommand: ParsableCommand {
                 serviceIP.giveUp()
             }
             replicationSecurity = try security.security(logger: logger)
-            let store = try coordination.store(machine: coordination.name ?? "unnamed", group: group, logger: logger)
+            store = try coordination.store(machine: coordination.name ?? "unnamed", group: group, logger: logger)
             role = BackupRoleKeeper(store: store, identity: CoordinationOptions.identity(role: "backup"), logger: logger)
         } catch {
             throw failure(error)
@@ -110,12 +111,36 @@ struct BackupCommand: ParsableCommand {
         } catch {
             throw failure(error)
         }
+        let registry = coordination.name.flatMap { coordination.standbyRegistry(machine: $0, group: group) }
+        let registration = registry.flatMap { registry -> StandbyRegistration? in
+            guard !["0.0.0.0", "::"].contains(address.host) else {
+                logger.warning("--replication \(address) names no address a primary can reach: not registered as a standby")
+                return nil
+            }
+            return registry.register(address, identity: role.identity, logger: logger)
+        }
         let promotion = service.waitForPromotion()
-        _ = try? blocking(on: group) { await service.close() }
+        _ = try? blocking(on: group) {
+            await registration?.withdraw()
+            await service.close()
+        }
         do {
             defer { serviceIP?.giveUp() }
-            let code = try service.takeOver(promotion, listening: addresses, serviceIP: serviceIP)
-            _ = try? blocking(on: group) { await role.letGo() }
+            if promotion.mode == .active {
+                // An active backup's machine goes live where it runs; it is not re-protected yet.
+                let code = try service.takeOver(promotion, listening: addresses, serviceIP: serviceIP)
+                _ = try? blocking(on: group) { await role.letGo() }
+                throw ExitCode(code)
+            }
+            // The same identity it won with: the record it holds is its own.
+            let primaryRole = PrimaryRoleKeeper(store: store, holder: role.identity, fenceTimeout: .seconds(5), logger: logger)
+            let primary = PromotedPrimary(
+                promotion: promotion, role: primaryRole, security: replicationSecurity, heartbeat: timing, machine: coordination.name ?? "",
+                group: group, logger: logger)
+            let code = try primary.serve(
+                listening: addresses, serviceIP: serviceIP,
+                standbys: { [address] in ((try? await registry?.standbys()) ?? []).filter { $0 != address } })
+            _ = try? blocking(on: group) { await primaryRole.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {
             throw exit

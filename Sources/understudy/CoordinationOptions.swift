@@ -38,6 +38,12 @@ struct CoordinationOptions: ParsableArguments {
         return EtcdGenerationStore(client: client, machine: machine)
     }
 
+    /// Where the machine's standbys register (nil without etcd).
+    func standbyRegistry(machine: String, group: EventLoopGroup) -> StandbyRegistry? {
+        guard let etcd, let endpoints = try? EtcdEndpoint.parseList(etcd) else { return nil }
+        return StandbyRegistry(client: EtcdClient(endpoints: endpoints, group: group), machine: machine)
+    }
+
     /// A name no other process shares, so a holder knows its own write when its answer was lost.
     static func identity(role: String) -> String {
         "\(role) on \(ProcessInfo.processInfo.hostName) pid \(getpid()) \(String(UInt32.random(in: 0...UInt32.max), radix: 16))"

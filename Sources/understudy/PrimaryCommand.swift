@@ -38,8 +38,8 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "HOST:PORT to listen on; repeat for more. The first becomes the guest's fd 3.")
     var listen: [String] = []
 
-    @Option(name: .long, help: "HOST:PORT of the backup's --replication.")
-    var backup: String
+    @Option(name: .long, help: "HOST:PORT of a backup's --replication: the standby seeded first. With --etcd it may be left out: the standbys registered for the machine are seeded.")
+    var backup: String?
 
     @Option(name: .long, help: "remus (a checkpoint every --epoch, output held until it is applied), llm (the event log streamed, output held until the log before it is held) or active (as llm, and the backup runs the machine from the log; states compared every --sync-every).")
     var mode: ReplicationMode
@@ -97,7 +97,11 @@ struct PrimaryCommand: ParsableCommand {
         }
     }
 
-    private func backupAddress() throws -> ServiceAddress {
+    private func backupAddress() throws -> ServiceAddress? {
+        guard let backup else {
+            guard coordination.etcd != nil else { throw ValidationError("give --backup, or --etcd to seed the standbys registered there") }
+            return nil
+        }
         let address: ServiceAddress
         do { address = try ServiceAddress(parsing: backup) } catch { throw ValidationError("--backup \(error)") }
         // Port 0 names no backup: the primary would try it forever and serve unprotected.
@@ -137,6 +141,9 @@ struct PrimaryCommand: ParsableCommand {
             if let ackTimeout { options.ackTimeout = ackTimeout.duration }
             options.machine = machineName
             options.memoryLimitBytes = configuration.memoryLimitBytes
+            if let registry = coordination.standbyRegistry(machine: machineName, group: group) {
+                options.standbys = { (try? await registry.standbys()) ?? [] }
+            }
             options.beforeStandingDown = { serviceIP?.giveUp() }
             let replicator = PrimaryReplicator(
                 options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
@@ -147,7 +154,7 @@ struct PrimaryCommand: ParsableCommand {
                 "serving",
                 metadata: [
                     "guest": "\(name)", "module": "\(prepared.hash.prefix(16))", "mode": "\(mode)",
-                    "listen": "\(addresses.map(\.description).joined(separator: ","))", "backup": "\(backup)",
+                    "listen": "\(addresses.map(\.description).joined(separator: ","))", "backup": "\(backup ?? "a standby registered in etcd")",
                     "machine": "\(machineName)", "generation": "\(role.fencing.generation)",
                 ])
             let code: Int32

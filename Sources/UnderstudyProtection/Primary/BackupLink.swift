@@ -86,36 +86,49 @@ final class BackupLink: @unchecked Sendable {
         var failures = 0
         while !Task.isCancelled {
             if role.mayConnectBackup, lock.withLock({ active == nil && awaitingSeed == nil && !stopped }) {
-                do {
-                    let hello = WireMessage.Hello(
-                        mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine,
-                        moduleBytes: UInt64(moduleBytes), memoryLimitBytes: options.memoryLimitBytes)
-                    let channel = try await ReplicationConnector.connect(
-                        to: options.backup, hello: hello,
-                        security: options.security, group: group, logger: logger, heartbeat: options.heartbeat, fencing: role.fencing)
-                    try await channel.pipeline.addHandler(AcknowledgementHandler(link: self, stream: stream)).get()
-                    channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
-                    channel.writeAndFlush(moduleMessage, promise: nil)
-                    failures = 0
-                    logger.notice("backup connected; seeding it", metadata: ["backup": "\(options.backup)", "mode": "\(options.mode)"])
-                    lock.withLock {
-                        connections += 1
-                        labels[ObjectIdentifier(channel)] = "\(options.backup) connection \(connections)"
-                        if channel.isActive { awaitingSeed = channel }
-                    }
-                    suspension.request()
-                } catch {
-                    if failures == 0 {
-                        logger.warning(
-                            "cannot reach the backup; serving unprotected and retrying",
-                            metadata: ["backup": "\(options.backup)", "reason": "\(error)"])
-                    }
+                var candidates = options.backup.map { [$0] } ?? []
+                for standby in await options.standbys() where !candidates.contains(standby) { candidates.append(standby) }
+                if candidates.isEmpty, failures == 0 {
+                    logger.warning("no standby registered; serving unprotected until one is")
                     failures += 1
+                }
+                for candidate in candidates {
+                    do {
+                        try await connect(to: candidate, streaming: stream)
+                        failures = 0
+                        break
+                    } catch {
+                        if failures == 0 {
+                            logger.warning(
+                                "cannot reach the backup; serving unprotected and retrying",
+                                metadata: ["backup": "\(candidate)", "reason": "\(error)"])
+                        }
+                        failures += 1
+                    }
                 }
             }
             let backoff = lock.withLock { refusals == 0 ? options.reconnectInterval : min(.seconds(5), options.reconnectInterval * (1 << min(refusals, 5))) }
             try? await Task.sleep(for: backoff)
         }
+    }
+
+    private func connect(to backup: ServiceAddress, streaming stream: any BackupStream) async throws {
+        let hello = WireMessage.Hello(
+            mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine,
+            moduleBytes: UInt64(moduleBytes), memoryLimitBytes: options.memoryLimitBytes)
+        let channel = try await ReplicationConnector.connect(
+            to: backup, hello: hello, security: options.security, group: group, logger: logger, heartbeat: options.heartbeat,
+            fencing: role.fencing)
+        try await channel.pipeline.addHandler(AcknowledgementHandler(link: self, stream: stream)).get()
+        channel.closeFuture.whenComplete { [weak self] _ in self?.lost(channel) }
+        channel.writeAndFlush(moduleMessage, promise: nil)
+        logger.notice("backup connected; seeding it", metadata: ["backup": "\(backup)", "mode": "\(options.mode)"])
+        lock.withLock {
+            connections += 1
+            labels[ObjectIdentifier(channel)] = "\(backup) connection \(connections)"
+            if channel.isActive { awaitingSeed = channel }
+        }
+        suspension.request()
     }
 
     /// No connection is made from now on; each open one is told the primary is shutting down and
@@ -155,23 +168,23 @@ final class BackupLink: @unchecked Sendable {
 
     /// The event loop: the connection is gone (closed by the peer, a bad frame, or silence).
     private func lost(_ channel: Channel) {
-        let (wasActive, wasSeeded, wasProtecting) = lock.withLock { () -> (Bool, Bool, Bool) in
+        let (wasActive, wasSeeded, wasProtecting, label) = lock.withLock { () -> (Bool, Bool, Bool, String) in
             if awaitingSeed === channel { awaitingSeed = nil }
-            labels[ObjectIdentifier(channel)] = nil
+            let label = labels.removeValue(forKey: ObjectIdentifier(channel)) ?? "?"
             let wasProtecting = protecting === channel
             if wasProtecting { (protecting, marker) = (nil, nil) }
-            guard active === channel else { return (false, false, wasProtecting) }
+            guard active === channel else { return (false, false, wasProtecting, label) }
             active = nil
             unappliedCheckpoints = 0
             unappliedSince = nil
             defer { (seeded, givenUp) = (false, false) }
-            return (true, seeded, wasProtecting)
+            return (true, seeded, wasProtecting, label)
         }
         guard wasActive else { return }
         metrics.protected.record(0)
         logger.warning(
             wasProtecting ? "backup lost; holding output until the next generation is won" : "backup lost before it protected anything",
-            metadata: ["backup": "\(options.backup)"])
+            metadata: ["backup": "\(label)"])
         if wasSeeded { role.backupLost() }
     }
 

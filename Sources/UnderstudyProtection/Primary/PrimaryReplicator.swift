@@ -31,7 +31,11 @@ import UnderstudyReplication
 public final class PrimaryReplicator: @unchecked Sendable {
     public struct Options: Sendable {
         public var mode: ReplicationMode
-        public var backup: ServiceAddress
+        /// The standby to seed first (`--backup`), if one is named.
+        public var backup: ServiceAddress?
+        /// The standbys registered in etcd (`StandbyRegistry`), asked whenever there is none
+        /// connected; tried after `backup`.
+        public var standbys: @Sendable () async -> [ServiceAddress] = { [] }
         /// `remus`: how often a checkpoint is taken (and output released).
         public var epoch: Duration
         /// `llm`: how often a checkpoint is taken, bounding what a promotion replays. LLM's
@@ -65,7 +69,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         public var reconnectInterval: Duration
 
         public init(
-            mode: ReplicationMode, backup: ServiceAddress, security: ReplicationSecurity, epoch: Duration = .milliseconds(25),
+            mode: ReplicationMode, backup: ServiceAddress?, security: ReplicationSecurity, epoch: Duration = .milliseconds(25),
             checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
             heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
         ) {
@@ -156,8 +160,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
         metrics.protected.record(0)
     }
 
-    /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting.
-    public func start(_ machine: Machine) {
+    /// Takes the mode's checkpoints at the machine's suspensions, and starts connecting (unless
+    /// `connecting` is false: a promoted primary replaying its log may seed no backup before
+    /// it is live, as its recording starts there; it calls `startConnecting` then).
+    public func start(_ machine: Machine, connecting: Bool = true) {
         machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
         role.start(effects: output.effects)
         let interval = [.remus: options.epoch, .active: options.syncInterval][options.mode] ?? options.checkpointInterval
@@ -176,6 +182,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
         watchdog.setEventHandler { [weak link] in link?.checkAcknowledgements() }
         watchdog.resume()
         ackWatchdog = watchdog
+        if connecting { startConnecting() }
+    }
+
+    public func startConnecting() {
+        precondition(connecting == nil, "connecting starts once")
         connecting = Task.detached { [link, stream] in await link.keepConnected(streaming: stream) }
     }
 

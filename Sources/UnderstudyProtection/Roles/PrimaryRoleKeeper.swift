@@ -62,6 +62,12 @@ public final class PrimaryRoleKeeper: @unchecked Sendable {
         if case .stoodDown(let reason) = currentStanding { throw StandDown(reason: reason) }
     }
 
+    /// A backup that won `generation` to take over is this primary (`holder` must be the
+    /// identity it won with): nothing is written.
+    public func adopt(generation: UInt64) {
+        queue.sync { perform(role.promoted(holding: generation)) }
+    }
+
     public func start(effects: Effects) { queue.sync { self.effects = effects } }
 
     /// The guest exited: the machine is let go in the store (best effort, bounded).

@@ -65,6 +65,17 @@ public struct PrimaryRole: Sendable {
         return [issue(.next(after: observed, holder: holder, standing: .alone))]
     }
 
+    /// A backup that won `generation` alone to take the machine over becomes its primary: it
+    /// holds the generation already (its holder is this role's), so nothing is written and its
+    /// output leaves as it is produced.
+    public mutating func promoted(holding generation: UInt64) -> [Action] {
+        precondition(standing == .claiming && inFlight == nil, "a primary starts once")
+        precondition(generation > 0, "a promotion holds a generation")
+        self.generation = generation
+        standing = .alone
+        return [.releaseEverything(generation: generation)]
+    }
+
     /// The backup is seeded and connected: record that it protects the machine.
     public mutating func backupSeeded(_ backup: String) -> [Action] {
         guard !hasStoodDown else { return [] }
