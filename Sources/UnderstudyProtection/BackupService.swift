@@ -90,31 +90,6 @@ public final class BackupService: @unchecked Sendable {
         metrics.protected.record(0)
     }
 
-    /// Takes the service over from the promotion: `llm` and `remus` restore (and replay) in a
-    /// fresh machine; `active` lets its running machine go live. Returns the guest's exit code.
-    /// `serviceIP` is taken once the listeners are open.
-    public func takeOver(_ promotion: Promotion, listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?) throws -> Int32 {
-        if let follower = promotion.follower {
-            logger.notice("serving", metadata: ["listen": "\(addresses.map(\.description).joined(separator: ","))"])
-            return try follower.takeOver(listening: addresses, serviceIP: serviceIP, detected: promotion.detected)
-        }
-        let suspension = SuspensionRequest()
-        let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger)
-        let (replayed, logger) = (promotion.log.count, logger)
-        takeover.replay?.onWentLive = {
-            logger.notice(
-                "replayed the log; live",
-                metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)"])
-        }
-        logger.notice(
-            "serving",
-            metadata: [
-                "listen": "\(addresses.map(\.description).joined(separator: ","))",
-                "sinceDetectionMillis": "\((ContinuousClock.now - promotion.detected).milliseconds)",
-            ])
-        return try takeover.machine.run()
-    }
-
     public func listen(
         on address: ServiceAddress, security: ReplicationSecurity, heartbeat: HeartbeatTiming, group: EventLoopGroup
     ) async throws -> SocketAddress {

@@ -9,7 +9,8 @@ import UnderstudyReplication
 /// machine (restored, in `llm` replaying the log first) runs on a `PrimaryReplicator`, so it
 /// accepts a standby, seeds it and protects the machine in the same mode, exactly as the
 /// original primary did. Until a standby is seeded it serves alone, which the generation it
-/// won allows. (`active` is not promoted this way yet: its machine goes live where it runs.)
+/// won allows. In `active` the machine that followed the log goes live where it runs, and the
+/// replicator takes it over there.
 public struct PromotedPrimary {
     let promotion: BackupService.Promotion
     let role: PrimaryRoleKeeper
@@ -23,7 +24,7 @@ public struct PromotedPrimary {
         promotion: BackupService.Promotion, role: PrimaryRoleKeeper, security: ReplicationSecurity, heartbeat: HeartbeatTiming, machine: String,
         group: EventLoopGroup, logger: Logger
     ) {
-        precondition(promotion.mode != .active && promotion.mode != .none, "remus and llm are promoted to primaries")
+        precondition(promotion.mode != .none, "a promotion is of a protected machine")
         self.promotion = promotion
         self.role = role
         self.security = security
@@ -44,6 +45,28 @@ public struct PromotedPrimary {
         options.standbys = standbys
         options.beforeStandingDown = { serviceIP?.giveUp() }
         let configuration = Array(try JSONEncoder().encode(promotion.manifest))
+        let detected = promotion.detected
+        if let follower = promotion.follower {
+            var built: PrimaryReplicator?
+            logger.notice(
+                "serving",
+                metadata: [
+                    "listen": "\(addresses.map(\.description).joined(separator: ","))", "mode": "\(promotion.mode)",
+                    "generation": "\(promotion.generation)",
+                ])
+            let code = try follower.takeOver(
+                listening: addresses, serviceIP: serviceIP, detected: detected,
+                around: { [options, role, group, logger] live, capture in
+                    let replicator = PrimaryReplicator(
+                        options: options, role: role, prepared: promotion.prepared, configuration: configuration, live: live,
+                        suspension: follower.suspension, group: group, logger: logger, capture: capture)
+                    built = replicator
+                    return replicator.world
+                },
+                onLive: { machine in built?.start(machine) })
+            built?.stop()
+            return code
+        }
         let suspension = SuspensionRequest()
         var built: PrimaryReplicator?
         let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger) {
@@ -56,7 +79,7 @@ public struct PromotedPrimary {
         }
         guard let replicator = built else { throw TakeoverError("the promoted machine has no replicator") }
         replicator.start(takeover.machine, connecting: takeover.replay == nil)
-        let (replayed, detected, logger) = (promotion.log.count, promotion.detected, logger)
+        let (replayed, logger) = (promotion.log.count, logger)
         takeover.replay?.onWentLive = {
             logger.notice(
                 "replayed the log; live", metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)"])

@@ -20,11 +20,11 @@ public struct Takeover {
     /// primary's process is gone; a primary that is only cut off keeps it, and this backup waits.
     public static let addressPatience: Duration = .seconds(30)
 
-    /// `around` builds the world the machine answers from on top of the live one (a promoted
-    /// primary's holding and recording); by default the live world itself.
+    /// `around` builds the world the machine answers from on top of the live one (the promoted
+    /// primary's holding and recording).
     public init(
         _ promotion: BackupService.Promotion, listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, suspension: SuspensionRequest,
-        logger: Logger, around: (LiveWorld) throws -> MachineWorld = { $0 }
+        logger: Logger, around: (LiveWorld) throws -> MachineWorld
     ) throws {
         guard addresses.count == promotion.manifest.listenerCount else {
             throw TakeoverError("the primary's machine has \(promotion.manifest.listenerCount) listeners; --listen gave \(addresses.count)")

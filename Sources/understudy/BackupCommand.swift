@@ -126,12 +126,6 @@ struct BackupCommand: ParsableCommand {
         }
         do {
             defer { serviceIP?.giveUp() }
-            if promotion.mode == .active {
-                // An active backup's machine goes live where it runs; it is not re-protected yet.
-                let code = try service.takeOver(promotion, listening: addresses, serviceIP: serviceIP)
-                _ = try? blocking(on: group) { await role.letGo() }
-                throw ExitCode(code)
-            }
             // The same identity it won with: the record it holds is its own.
             let primaryRole = PrimaryRoleKeeper(store: store, holder: role.identity, fenceTimeout: .seconds(5), logger: logger)
             let primary = PromotedPrimary(

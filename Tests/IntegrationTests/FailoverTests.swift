@@ -79,9 +79,10 @@ final class FailoverTests: XCTestCase {
     /// Checked after the takeover, so it covers the whole run up to the kill.
     private func assertSyncsVerifiedWithoutRepair(_ pair: ProtectedPair, backupMetrics: UInt16, round: Int) throws {
         let metrics = try MetricsScrape(port: backupMetrics)
-        XCTAssertGreaterThanOrEqual(try metrics.value("understudy_sync_verified"), 1, "round \(round)")
-        XCTAssertEqual(try metrics.value("understudy_sync_verification_failures"), 0, "round \(round)")
-        XCTAssertEqual(try metrics.value("understudy_sync_divergences"), 0, "round \(round): a sync had to repair the backup")
+        let backup = #"role="backup""#
+        XCTAssertGreaterThanOrEqual(try metrics.value("understudy_sync_verified", with: backup), 1, "round \(round)")
+        XCTAssertEqual(try metrics.value("understudy_sync_verification_failures", with: backup), 0, "round \(round)")
+        XCTAssertEqual(try metrics.value("understudy_sync_divergences", with: backup), 0, "round \(round): a sync had to repair the backup")
         let primary = pair.primary.output
         XCTAssertEqual(primary.components(separatedBy: "backup connected; seeding it").count - 1, 1, "round \(round): re-seeded:\n\(primary)")
         XCTAssertFalse(primary.contains("the backup refused"), "round \(round):\n\(primary)")

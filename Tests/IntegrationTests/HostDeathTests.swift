@@ -92,9 +92,9 @@ extension HostDeathTests {
     /// (a promoted backup, itself now the primary) serves the service IP, and a standby started
     /// again on the dead host registers in etcd and is seeded, so the machine is protected
     /// again before the next death. No service process is restarted by hand, and nothing
-    /// acknowledged is lost across the chain.
+    /// acknowledged is lost across the chain. In every mode.
     func testAChainOfHostDeathsHealsItselfEachTime() throws {
-        for mode in ["llm", "remus"] {
+        for mode in ["llm", "remus", "active"] {
             try Hosts.up()
             let etcd = try EtcdServer(host: "etcd")
             defer { etcd.stop() }

@@ -27,13 +27,15 @@ final class ActiveFollower: @unchecked Sendable {
     private let logger: Logger
     private let metrics: ReplicationMetrics
     private let options: Options
-    private let suspension = SuspensionRequest()
+    /// The machine's; a promoted primary's replicator requests its suspensions too.
+    let suspension = SuspensionRequest()
     private let exited = DispatchSemaphore(value: 0)
     /// Signalled once the machine is built (or failed to be).
     private let ready = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     /// Set on the machine's thread once it is built; read by a promotion.
     private var world: ReplayThenLiveWorld?
+    private var machine: Machine?
     private var outcome: Result<Int32, Error>?
     private var promotedAt: ContinuousClock.Instant?
 
@@ -73,18 +75,23 @@ final class ActiveFollower: @unchecked Sendable {
     func abandon() { log.abandon() }
 
     /// Takes the service over: the live world answers once the machine has used up the log.
-    /// Returns the guest's exit code once it exits.
-    func takeOver(listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, detected: ContinuousClock.Instant) throws -> Int32 {
+    /// Returns the guest's exit code once it exits. `around` builds the world it answers from on
+    /// top of the live one (a promoted primary's), given the tracker of the machine's dirty pages
+    /// (one per memory); `onLive` runs on the machine's thread once it is live.
+    func takeOver(
+        listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, detected: ContinuousClock.Instant,
+        around: (LiveWorld, CheckpointCapture) throws -> MachineWorld, onLive: @escaping (Machine) -> Void
+    ) throws -> Int32 {
         let live = try Takeover.openService(addresses, serviceIP: serviceIP, suspension: suspension, logger: logger)
         live.reserveConnections(through: max(seed.descriptors.highestConnection, log.highestAccepted))
         ready.wait()
         ready.signal()
         let behind = log.behind
-        let world = lock.withLock { () -> ReplayThenLiveWorld? in
+        let (world, machine) = lock.withLock { () -> (ReplayThenLiveWorld?, Machine?) in
             promotedAt = detected
-            return self.world
+            return (self.world, self.machine)
         }
-        guard let world else { throw TakeoverError("the backup's machine did not start") }
+        guard let world, let machine else { throw TakeoverError("the backup's machine did not start") }
         let logger = logger
         world.onWentLive = {
             logger.notice(
@@ -93,8 +100,11 @@ final class ActiveFollower: @unchecked Sendable {
                     "entriesBehindAtDetection": "\(behind)",
                     "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)",
                 ])
+            onLive(machine)
         }
-        world.live = live
+        // Built before the machine can go live; the capture is the machine thread's until then,
+        // and the caller's only after.
+        world.live = try around(live, capture)
         log.finish()
         exited.wait()
         exited.signal()
@@ -116,7 +126,7 @@ final class ActiveFollower: @unchecked Sendable {
         capture = CheckpointCapture(moduleHash: prepared.hash)
         _ = try capture.writtenPages(machine)  // tracking starts from the seed
         machine.onSuspended = { [unowned self, unowned world] machine in try synchronise(machine, world) }
-        lock.withLock { self.world = world }
+        lock.withLock { (self.world, self.machine) = (world, machine) }
         ready.signal()
         logger.notice("following the primary's log", metadata: ["from": "\(seedPosition)"])
         return try machine.run()

@@ -105,7 +105,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
 
     public init(
         options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
-        suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger
+        suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger, capture: CheckpointCapture? = nil
     ) {
         self.options = options
         self.role = role
@@ -117,7 +117,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
             options: options, role: role, holding: holding, prepared: prepared, configuration: configuration, suspension: suspension,
             group: group, logger: logger, metrics: metrics)
         self.link = link
-        let capture = CheckpointCapture(moduleHash: prepared.hash)
+        // A promoted active backup's machine is tracked already: one tracker per memory.
+        let capture = capture ?? CheckpointCapture(moduleHash: prepared.hash)
         let backupCopy = BackupCopy(blockSize: options.blockSize)
         switch options.mode {
         case .remus:

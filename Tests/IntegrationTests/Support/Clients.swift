@@ -101,8 +101,12 @@ struct MetricsScrape {
     }
 
     /// The value of the first series named `name` (any labels).
-    func value(_ name: String) throws -> Double {
-        let line = text.split(separator: "\n").first { $0.hasPrefix(name + "{") || $0.hasPrefix(name + " ") }
+    /// The first series of `name`, or the first with `label` (like `role="backup"`: a promoted
+    /// backup serves its primary's series beside its own).
+    func value(_ name: String, with label: String? = nil) throws -> Double {
+        let line = text.split(separator: "\n").first {
+            ($0.hasPrefix(name + "{") || $0.hasPrefix(name + " ")) && (label.map($0.contains) ?? true)
+        }
         guard let line, let value = line.split(separator: " ").last.flatMap({ Double($0) }) else {
             throw HarnessError.missingMetric("metric \(name) is not served:\n\(text)")
         }
