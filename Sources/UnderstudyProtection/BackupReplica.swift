@@ -60,12 +60,18 @@ final class BackupReplica: @unchecked Sendable {
     /// released what came before alone); then forgotten, so it is reported once.
     func reachedMarker() -> UInt64? {
         lock.withLock {
-            guard let marker, canPromote else { return nil }
-            let reached = mode == .remus ? epoch >= marker.position : (log?.end ?? 0) >= marker.position
-            guard reached else { return nil }
+            guard let marker, canPromote, holdsUnlocked(position: marker.position) else { return nil }
             self.marker = nil
             return marker.generation
         }
+    }
+
+    /// Whether the copy holds everything up to a primary's `position` (a `protecting` marker's,
+    /// a handover's): in `remus` the checkpoint of that epoch, otherwise the log below it.
+    func holds(position: UInt64) -> Bool { lock.withLock { canPromote && holdsUnlocked(position: position) } }
+
+    private func holdsUnlocked(position: UInt64) -> Bool {
+        mode == .remus ? epoch >= position : (log?.end ?? 0) >= position
     }
 
     /// Handles one message from the primary; returns the acknowledgement to send, if any.

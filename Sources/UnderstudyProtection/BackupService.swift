@@ -36,6 +36,8 @@ public final class BackupService: @unchecked Sendable {
         public var detected: ContinuousClock.Instant
         /// The generation this backup won to take over (0 until it has).
         public var generation: UInt64 = 0
+        /// A planned handover: when the primary's `handover` arrived (its guest stopped then).
+        public var handoverStarted: ContinuousClock.Instant?
     }
 
     private struct Session {
@@ -45,6 +47,10 @@ public final class BackupService: @unchecked Sendable {
         var ended: String?
         /// The highest log position acknowledged on the wire (event loop only).
         var logAcknowledged: UInt64 = 0
+        /// The primary's planned handover: where the copy must reach, and when it was asked.
+        var handover: (position: UInt64, started: ContinuousClock.Instant)?
+        /// The handover's claim has begun: the connection's end is no longer a death.
+        var claimingHandover = false
     }
 
     private let logger: Logger
@@ -165,6 +171,11 @@ public final class BackupService: @unchecked Sendable {
             if first { logger.warning("fault injection: \(stall == .afterSeed ? "seeded" : "module taken"); acknowledging nothing more") }
             return
         }
+        if case .handover(_, let position) = message {
+            logger.notice("the primary hands the machine over", metadata: ["position": "\(position)"])
+            lock.withLock { session?.handover = (position, .now) }
+            return claimHandoverIfReached(channel)
+        }
         do {
             let reply = try current.replica.handle(message)
             switch reply {
@@ -186,9 +197,26 @@ public final class BackupService: @unchecked Sendable {
                 if let refusal = role.protecting(generation: generation) { return refuse(channel, because: refusal) }
                 metrics.protected.record(1)
             }
+            claimHandoverIfReached(channel)
         } catch {
             refuse(channel, because: "\(error)")
         }
+    }
+
+    /// Once the copy holds everything the handover named, claims the next generation as a
+    /// takeover; on winning, tells the primary (which then leaves) and serves.
+    private func claimHandoverIfReached(_ channel: Channel) {
+        let plan = lock.withLock { () -> Promotion? in
+            guard let current = session, current.channel === channel, current.ended == nil, !current.claimingHandover,
+                let handover = current.handover, current.replica.holds(position: handover.position)
+            else { return nil }
+            guard var plan = promotionPlan(current.replica, detected: handover.started) else { return nil }
+            plan.handoverStarted = handover.started
+            session?.claimingHandover = true
+            return plan
+        }
+        guard let plan else { return }
+        claim(plan, channel: channel) { generation in channel.writeAndFlush(WireMessage.takingOver(generation: generation), promise: nil) }
     }
 
     /// Log batches are acknowledged from two threads (the event loop, or the applier queue while
@@ -245,26 +273,43 @@ public final class BackupService: @unchecked Sendable {
     private func closed(_ channel: Channel) {
         let detected = ContinuousClock.now
         let plan = lock.withLock { () -> Promotion? in
-            guard let current = session, current.channel === channel else { return nil }
+            guard let current = session, current.channel === channel, !current.claimingHandover else { return nil }
             metrics.protected.record(0)
             let replica = current.replica
             if let ended = current.ended {
                 logger.notice("the primary's connection ended; not taking over", metadata: ["reason": "\(ended)"])
                 return endSession(replica)
             }
-            guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state,
-                replica.mode != .active || replica.follower != nil
-            else {
+            guard let plan = promotionPlan(replica, detected: detected) else {
                 logger.warning("the primary is gone before seeding this backup; nothing to take over")
                 return endSession(replica)
             }
-            return Promotion(
-                mode: replica.mode, prepared: prepared, manifest: manifest, state: state, log: replica.log?.entries ?? [],
-                follower: replica.follower, epoch: replica.epoch, detected: detected)
+            return plan
         }
         guard let plan else { return }
+        claim(plan, channel: channel)
+    }
+
+    /// Under `lock`: what a promotion of `replica` would serve, nil if it holds no machine yet.
+    private func promotionPlan(_ replica: BackupReplica, detected: ContinuousClock.Instant) -> Promotion? {
+        guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state,
+            replica.mode != .active || replica.follower != nil
+        else { return nil }
+        return Promotion(
+            mode: replica.mode, prepared: prepared, manifest: manifest, state: state, log: replica.log?.entries ?? [],
+            follower: replica.follower, epoch: replica.epoch, detected: detected)
+    }
+
+    /// Claims the next generation to take over with `plan`; `won` runs (on the applier queue)
+    /// before the promotion when it is won.
+    private func claim(_ plan: Promotion, channel: Channel, won: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         let claiming = role.primaryGone(
-            takeOver: { [self] generation in applier.async { self.promote(plan, generation: generation) } },
+            takeOver: { [self] generation in
+                applier.async {
+                    won(generation)
+                    self.promote(plan, generation: generation)
+                }
+            },
             discard: { [self] _ in applier.async { self.discard(channel) } })
         guard claiming else {
             logger.warning("the primary is gone before this backup protected it (no marker reached); nothing to take over")

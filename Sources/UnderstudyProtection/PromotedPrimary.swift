@@ -35,8 +35,12 @@ public struct PromotedPrimary {
     }
 
     /// Serves until the guest exits; returns its exit code. `standbys` are the standbys to seed.
+    /// `migrations`: where planned migrations are asked for, and where one that ends here is
+    /// answered (served, with its downtime: from the old primary's `handover` to the moment this
+    /// machine can answer).
     public func serve(
-        listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, standbys: @escaping @Sendable () async -> [ServiceAddress]
+        listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, standbys: @escaping @Sendable () async -> [ServiceAddress],
+        migrations: MigrationBoard?, afterHandingOver: @escaping @Sendable () -> Void
     ) throws -> Int32 {
         role.adopt(generation: promotion.generation)
         var options = PrimaryReplicator.Options(mode: promotion.mode, backup: nil, security: security, heartbeat: heartbeat)
@@ -44,6 +48,21 @@ public struct PromotedPrimary {
         options.memoryLimitBytes = promotion.manifest.configuration.memoryLimitBytes
         options.standbys = standbys
         options.beforeStandingDown = { serviceIP?.giveUp() }
+        options.migrations = migrations
+        options.afterHandingOver = afterHandingOver
+        let (generation, handoverStarted, machine) = (promotion.generation, promotion.handoverStarted, machine)
+        let answerMigration: @Sendable () -> Void = { [logger] in
+            guard let migrations, let started = handoverStarted else { return }
+            let downtime = Double((ContinuousClock.now - started).nanoseconds) / 1e6
+            logger.notice("planned migration served", metadata: ["downtimeMillis": "\(downtime)"])
+            Task {
+                guard var request = try? await migrations.read(), request.state == .asked else { return }
+                request.state = .done
+                request.downtimeMillis = downtime
+                request.detail = "\(machine) is served in generation \(generation)"
+                try? await migrations.post(request)
+            }
+        }
         let configuration = Array(try JSONEncoder().encode(promotion.manifest))
         let detected = promotion.detected
         if let follower = promotion.follower {
@@ -63,7 +82,10 @@ public struct PromotedPrimary {
                     built = replicator
                     return replicator.world
                 },
-                onLive: { machine in built?.start(machine) })
+                onLive: { machine in
+                    built?.start(machine)
+                    answerMigration()
+                })
             built?.stop()
             return code
         }
@@ -79,12 +101,14 @@ public struct PromotedPrimary {
         }
         guard let replicator = built else { throw TakeoverError("the promoted machine has no replicator") }
         replicator.start(takeover.machine, connecting: takeover.replay == nil)
-        let (replayed, logger) = (promotion.log.count, logger)
+        let replayed = promotion.log.count
         takeover.replay?.onWentLive = {
             logger.notice(
                 "replayed the log; live", metadata: ["entries": "\(replayed)", "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)"])
             replicator.startConnecting()
+            answerMigration()
         }
+        if takeover.replay == nil { answerMigration() }
         logger.notice(
             "serving",
             metadata: [

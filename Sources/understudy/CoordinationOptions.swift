@@ -38,6 +38,12 @@ struct CoordinationOptions: ParsableArguments {
         return EtcdGenerationStore(client: client, machine: machine)
     }
 
+    /// Where planned migrations of the machine are asked for (nil without etcd).
+    func migrationBoard(machine: String, group: EventLoopGroup) -> MigrationBoard? {
+        guard let etcd, let endpoints = try? EtcdEndpoint.parseList(etcd) else { return nil }
+        return MigrationBoard(client: EtcdClient(endpoints: endpoints, group: group), machine: machine)
+    }
+
     /// Where the machine's standbys register (nil without etcd).
     func standbyRegistry(machine: String, group: EventLoopGroup) -> StandbyRegistry? {
         guard let etcd, let endpoints = try? EtcdEndpoint.parseList(etcd) else { return nil }

@@ -68,6 +68,9 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "Start even though etcd names another holder of the machine in this generation (that process must be gone: check before you pass it).")
     var takeOverGeneration: UInt64?
 
+    @Option(name: .long, help: "HOST:PORT this process listens on for a primary once a planned migration (`understudy migrate`) has handed its role away: it becomes the new primary's standby, registered in etcd. Without it, it exits 0 after the handover.")
+    var replication: String?
+
     @OptionGroup var coordination: CoordinationOptions
 
     @OptionGroup var heartbeat: HeartbeatOptions
@@ -141,10 +144,15 @@ struct PrimaryCommand: ParsableCommand {
             if let ackTimeout { options.ackTimeout = ackTimeout.duration }
             options.machine = machineName
             options.memoryLimitBytes = configuration.memoryLimitBytes
+            options.migrations = coordination.migrationBoard(machine: machineName, group: group)
             if let registry = coordination.standbyRegistry(machine: machineName, group: group) {
                 options.standbys = { (try? await registry.standbys()) ?? [] }
             }
             options.beforeStandingDown = { serviceIP?.giveUp() }
+            if let replication {
+                let arguments = standbyArguments(replication: replication, machine: machineName)
+                options.afterHandingOver = { becomeStandby(arguments, logger: logger) }
+            }
             let replicator = PrimaryReplicator(
                 options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
                 live: live, suspension: suspension, group: group, logger: logger)
@@ -175,6 +183,25 @@ struct PrimaryCommand: ParsableCommand {
         } catch {
             throw failure(error)
         }
+    }
+
+    /// `understudy backup` with this primary's channel, coordination, service IP and listeners:
+    /// what it becomes after handing its role away.
+    private func standbyArguments(replication: String, machine: String) -> [String] {
+        var arguments = ["backup", "--replication", replication, "--name", machine, "--log-level", "\(logging.logLevel)"]
+        for address in listen { arguments += ["--listen", address] }
+        if let etcd = coordination.etcd { arguments += ["--etcd", etcd] }
+        if let cert = security.tlsCert, let key = security.tlsKey, let authority = security.tlsCa {
+            arguments += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", authority]
+        } else {
+            arguments.append("--insecure-replication")
+        }
+        if let ip = serviceIP.serviceIP, let interface = serviceIP.serviceInterface {
+            arguments += ["--service-ip", ip, "--service-interface", interface]
+        }
+        if let interval = heartbeat.heartbeatInterval { arguments += ["--heartbeat-interval", "\(interval.duration.nanoseconds / 1000)us"] }
+        if let timeout = heartbeat.heartbeatTimeout { arguments += ["--heartbeat-timeout", "\(timeout.duration.nanoseconds / 1000)us"] }
+        return arguments
     }
 
     /// Wins the machine's first generation before anything is served. A record held by another
@@ -212,4 +239,14 @@ extension ReplicationMode: ExpressibleByArgument {
 
     /// What `primary --mode` takes (`none` is `run`).
     public static var allValueStrings: [String] { ["remus", "llm", "active"] }
+}
+
+/// Replaces this process with `understudy ARGUMENTS` (the same executable); returns only if
+/// that fails, having said why.
+func becomeStandby(_ arguments: [String], logger: Logger) {
+    let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+    logger.notice("becoming the new primary's standby", metadata: ["arguments": "\(arguments.joined(separator: " "))"])
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    execv(executable, argv)
+    logger.error("cannot become a standby", metadata: ["reason": "\(String(cString: strerror(errno)))"])
 }

@@ -11,7 +11,7 @@ struct Understudy: ParsableCommand {
             TCP listener the host opens and hands to the guest as fd 3, 4, ... (the \
             `wasmtime run --tcplisten` convention).
             """,
-        subcommands: [RunCommand.self, PrimaryCommand.self, BackupCommand.self, StatusCommand.self, RestoreCommand.self, ReplayCommand.self]
+        subcommands: [RunCommand.self, PrimaryCommand.self, BackupCommand.self, MigrateCommand.self, StatusCommand.self, RestoreCommand.self, ReplayCommand.self]
     )
 }
 

@@ -39,14 +39,7 @@ final class HostDeathTests: XCTestCase {
         }
     }
 
-    /// A real client in the `clients` namespace, through the service IP.
-    func redisCLI(_ pair: HostPair, _ arguments: String...) throws -> String {
-        let outcome = try Harness.run(
-            "ip", ["netns", "exec", try Hosts.namespace("clients"), "redis-cli", "-h", Hosts.serviceIP, "-p", "\(pair.servicePort)"] + arguments,
-            timeoutSeconds: 30)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+    func redisCLI(_ pair: HostPair, _ arguments: String...) throws -> String { try Hosts.redisCLI(port: pair.servicePort, arguments) }
 }
 
 extension HostDeathTests {
@@ -140,12 +133,7 @@ extension HostDeathTests {
             XCTAssertEqual(load.errors, [], mode)
             let values = load.acknowledgements.map(\.value)
             XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards across the chain")
-            let served = try XCTUnwrap(
-                Int(
-                    try Harness.run(
-                        "ip", ["netns", "exec", try Hosts.namespace("clients"), "redis-cli", "-h", Hosts.serviceIP, "-p", "\(servicePort)", "GET", "counter"],
-                        timeoutSeconds: 30
-                    ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)), mode)
+            let served = try XCTUnwrap(Int(try Hosts.redisCLI(port: servicePort, ["GET", "counter"])), mode)
             XCTAssertGreaterThanOrEqual(served, load.highest, "\(mode): an acknowledged INCR is lost")
             print("\(mode): five host deaths healed; counter \(served) ≥ \(load.highest)")
             processes.values.forEach { $0.kill() }

@@ -6,7 +6,7 @@ import XCTest
 final class WireCodecTests: XCTestCase {
     private let messages: [WireMessage] = [
         .hello(.init(mode: .llm, moduleHash: String(repeating: "c4", count: 32), generation: 9, machine: "kv", moduleBytes: 70_000, memoryLimitBytes: 1 << 26)), .welcome,
-        .refusal("wrong module"), .protecting(generation: 7, position: 1234),
+        .refusal("wrong module"), .protecting(generation: 7, position: 1234), .handover(generation: 8, position: 99), .takingOver(generation: 9),
         .module(bytes: Array(0..<200), configuration: Array("{}".utf8)), .checkpoint(epoch: 7, bytes: Array(repeating: 9, count: 5000)), .checkpoint(epoch: 8, bytes: []),
         .compressedCheckpoint(epoch: 9, encoding: .zstd, size: 70_000, bytes: Array(repeating: 3, count: 300)),
         .logRecords(first: 1234, bytes: [1, 2, 3]), .checkpointApplied(epoch: 7), .logHeld(position: .max), .heartbeat,

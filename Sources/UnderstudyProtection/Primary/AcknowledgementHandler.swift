@@ -33,6 +33,8 @@ final class AcknowledgementHandler: ChannelInboundHandler, @unchecked Sendable {
                 try stream.syncDiffers(sync, blockSize: blockSize, stateDigest: stateDigest, hashes: hashes, on: channel)
             case .refusal(let reason):
                 link.backupRefused(channel, reason: reason)
+            case .takingOver(let generation):
+                link.takingOver?(generation)
             default:
                 throw ProtocolViolation("unexpected \(message.kind) from the backup")
             }

@@ -319,6 +319,13 @@ final class BackupLink: @unchecked Sendable {
         if let reached { announceProtected(reached) }
     }
 
+    /// The connection of a backup that protects the machine (its acknowledgements passed the
+    /// marker: it could take over), if there is one.
+    /// The backup won the generation of a planned handover (set once, before connecting).
+    var takingOver: (@Sendable (UInt64) -> Void)?
+
+    var protectingChannel: Channel? { lock.withLock { marker == nil ? protecting : nil } }
+
     /// The role's queue: output waits for no connection.
     func stopProtecting() { lock.withLock { (protecting, marker) = (nil, nil) } }
 }

@@ -66,6 +66,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// Runs just before a primary that lost its role exits: what it holds for the role (the
         /// service IP) goes first.
         public var beforeStandingDown: @Sendable () -> Void = {}
+        /// Runs once a planned migration has handed the role away, before the process exits 0
+        /// (it may replace the process: `primary --replication` becomes a standby).
+        public var afterHandingOver: @Sendable () -> Void = {}
+        /// Where planned migrations are asked for (`understudy migrate`; etcd), if anywhere.
+        public var migrations: MigrationBoard?
         public var reconnectInterval: Duration
 
         public init(
@@ -102,6 +107,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private var timer: DispatchSourceTimer?
     private var ackWatchdog: DispatchSourceTimer?
     private var connecting: Task<Void, Never>?
+    private var watching: Task<Void, Never>?
+    private let handover: PlannedHandover
 
     public init(
         options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
@@ -155,6 +162,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
         seeder = BackupSeeder(
             link: link, stream: stream, holding: holding, recording: recording, capture: capture, backupCopy: backupCopy, sender: sender,
             suspension: suspension, moduleHash: prepared.hash, metrics: metrics, logger: logger)
+        handover = PlannedHandover(
+            link: link, stream: stream, holding: holding, recording: recording, role: role, suspension: suspension,
+            beforeLeaving: options.beforeStandingDown, afterLeaving: options.afterHandingOver, logger: logger)
+        link.takingOver = { [handover] generation in handover.takingOver(generation: generation) }
         output = OutputRole(
             holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode,
             beforeStandingDown: options.beforeStandingDown, logger: logger)
@@ -189,12 +200,28 @@ public final class PrimaryReplicator: @unchecked Sendable {
     public func startConnecting() {
         precondition(connecting == nil, "connecting starts once")
         connecting = Task.detached { [link, stream] in await link.keepConnected(streaming: stream) }
+        if let board = options.migrations { watching = Task.detached { [role, handover] in await Self.watch(board, role: role, handover: handover) } }
+    }
+
+    /// Asks the board every 100 ms for a migration of the generation this process holds.
+    private static func watch(_ board: MigrationBoard, role: PrimaryRoleKeeper, handover: PlannedHandover) async {
+        var handled: String?
+        while !Task.isCancelled {
+            if let request = try? await board.read(), request.state == .asked, request.id != handled,
+                request.generation == role.fencing.generation
+            {
+                handled = request.id
+                handover.request(request)
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     public func stop() {
         timer?.cancel()
         ackWatchdog?.cancel()
         connecting?.cancel()
+        watching?.cancel()
         sender.sync {}  // a pre-copy reads guest memory: done before the machine goes away
         link.stop()
     }
@@ -203,6 +230,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     /// awaits it, or for the mode's stream to the seeded one.
     private func suspended(_ machine: Machine) throws {
         if try output.startRequestedHolding() { return }
+        if try handover.suspended(machine) { return }
         let (awaitingSeed, active) = link.channels
         if let awaitingSeed {
             try seeder.suspended(machine, seeding: awaitingSeed)

@@ -129,8 +129,23 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
 
     // MARK: Delivery (the machine's thread)
 
-    private func deliverReleased() {
-        guard wake.consume() else { return }
+    /// The machine's thread, its guest stopped for good (a planned handover): writes out
+    /// everything released, waiting for slow clients until `deadline`. True when nothing is left
+    /// held or queued.
+    public func deliverEverything(by deadline: ContinuousClock.Instant) -> Bool {
+        while true {
+            _ = wake.consume()
+            deliverReleased(woken: true)
+            for connection in Array(outbox.keys) { flush(connection) }
+            let held = withShared { $0.gate.heldCount + $0.released.count }
+            if held == 0 && outbox.isEmpty { return true }
+            guard ContinuousClock.now < deadline else { return false }
+            usleep(1_000)
+        }
+    }
+
+    private func deliverReleased(woken: Bool = false) {
+        guard woken || wake.consume() else { return }
         let released = withShared { shared -> [Output] in
             defer { shared.released.removeAll(keepingCapacity: true) }
             return shared.released

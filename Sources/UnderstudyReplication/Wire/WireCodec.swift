@@ -29,7 +29,8 @@ public enum WireLimits {
 
 public enum WireCodec {
     /// 5: frames and the hello carry the generation; the `protecting` marker. 6: the hello
-    /// declares the module's size and the machine's memory limit, which bound every frame.
+    /// declares the module's size and the machine's memory limit, which bound every frame;
+    /// `handover` and `takingOver`, a planned migration.
     public static let protocolVersion: UInt16 = 6
     static let headerBytes = 8 + 8 + 1 + 4 + 4
     static let trailerBytes = 4
@@ -145,6 +146,13 @@ public enum WireCodec {
             w.u64(generation)
             w.u64(position)
             return (16, [])
+        case .handover(let generation, let position):
+            w.u64(generation)
+            w.u64(position)
+            return (17, [])
+        case .takingOver(let generation):
+            w.u64(generation)
+            return (18, [])
         }
     }
 
@@ -201,6 +209,8 @@ public enum WireCodec {
                 let packed = PackedBytes(encoding: encoding, size: try r.u32(), bytes: Array(try r.raw(payload.count - 13)))
                 message = type == 14 ? .syncRepair(sync: number, repair: packed) : .blockCheckpoint(epoch: number, patch: packed)
             case 16: message = .protecting(generation: try r.u64(), position: try r.u64())
+            case 17: message = .handover(generation: try r.u64(), position: try r.u64())
+            case 18: message = .takingOver(generation: try r.u64())
             default: throw WireError.unknownType(type)
             }
         } catch let error as WireError {
@@ -215,6 +225,7 @@ public enum WireCodec {
     private static let typeNames = [
         "hello", "welcome", "refusal", "module", "checkpoint", "log records", "checkpoint applied", "log held", "heartbeat",
         "compressed checkpoint", "sync point", "sync matched", "sync differs", "sync repair", "block checkpoint", "protecting",
+        "handover", "taking over",
     ]
 
     private static func name(of type: UInt8) -> String {

@@ -42,6 +42,12 @@ public enum WireMessage: Equatable, Sendable {
     /// in `remus`) output waits for it. The primary released what came before alone: the backup
     /// may take over only once it holds everything up to `position`.
     case protecting(generation: UInt64, position: UInt64)
+    /// Primary → backup, a planned migration: the primary of `generation` has stopped its guest
+    /// where the backup holds everything once it has `position` (as in `protecting`); the backup
+    /// is to win the next generation and serve.
+    case handover(generation: UInt64, position: UInt64)
+    /// Backup → primary: it has won `generation` for the handover and serves from now on.
+    case takingOver(generation: UInt64)
 
     public struct Hello: Equatable, Sendable {
         public var protocolVersion: UInt16
@@ -91,6 +97,8 @@ public enum WireMessage: Equatable, Sendable {
         case .syncDiffers: return "sync differs"
         case .syncRepair: return "sync repair"
         case .protecting: return "protecting"
+        case .handover: return "handover"
+        case .takingOver: return "taking over"
         }
     }
 

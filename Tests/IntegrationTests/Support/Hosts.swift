@@ -68,6 +68,14 @@ enum Hosts {
     static let serviceIP = "10.77.0.100"
     static var serviceIPFlags: [String] { ["--service-ip", "\(serviceIP)/24", "--service-interface", "eth0"] }
 
+    /// A real client in the `clients` namespace, through the service IP: redis-cli's answer.
+    static func redisCLI(port: UInt16, _ arguments: [String]) throws -> String {
+        let outcome = try Harness.run(
+            "ip", ["netns", "exec", try namespace("clients"), "redis-cli", "-h", serviceIP, "-p", "\(port)"] + arguments, timeoutSeconds: 30)
+        guard outcome.status == 0 else { throw HarnessError.timedOut("redis-cli \(arguments.joined(separator: " ")) failed: \(outcome.stderr)") }
+        return outcome.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// Whether `host`'s interface carries the service IP now.
     static func holdsServiceIP(_ host: String) throws -> Bool {
         try hostsScript(["exec", host, "ip", "-o", "-4", "addr", "show", "dev", "eth0"]).contains(" \(serviceIP)/24 ")
