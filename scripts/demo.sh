@@ -185,3 +185,10 @@ servers+=($!)
 wait_listening "$restored_port"
 echo "== redis-cli -p $restored_port get greeting → $(redis-cli -p "$restored_port" get greeting); get counter:__rand_int__ → $(redis-cli -p "$restored_port" get counter:__rand_int__)"
 rm -rf "$recording"
+stop_servers
+trap - EXIT
+if [ "$(id -u)" = 0 ]; then
+    scripts/demo_hosts.sh "$bin"
+else
+    echo "(the two-hosts part needs root, for network namespaces: skipped)"
+fi
