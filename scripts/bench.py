@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_fencing  # noqa: E402
+import bench_hosts  # noqa: E402
 import bench_figures  # noqa: E402
 import bench_protection  # noqa: E402
 import bench_redis  # noqa: E402
@@ -210,6 +211,7 @@ def main():
     protection_rows = bench_protection.measure(bin_path, quick, progress)
     protection_lines = bench_protection.report(protection_rows, quick)
     protection_lines += bench_fencing.report(bench_fencing.measure(bin_path, quick, progress), protection_rows, quick)
+    protection_lines += bench_hosts.report(bench_hosts.measure(bin_path, quick, progress), quick)
     sync_rows, sweep_rows = bench_sync.measure(bin_path, quick, progress)
     protection_lines += bench_sync.report(sync_rows, sweep_rows, quick)
     if bench_redis.available():

@@ -53,4 +53,20 @@ final class PeerLivenessTests: XCTestCase {
         }
         XCTAssertEqual(liveness.verdict(at: 250 * ms), .peerSilent(forNanos: 50 * ms), "a peer still silent after it is given up")
     }
+
+    /// A check 45 ms late (the event loop held up for 35 ms beyond its interval): those 35 ms
+    /// are not the peer's silence; it is given up only once it has been silent for the timeout
+    /// of time this side could read.
+    func testAHeldUpLoopDoesNotCountAgainstThePeer() {
+        var liveness = PeerLiveness(intervalNanos: 10 * ms, timeoutNanos: 50 * ms, now: 0)
+        for now in [10 * ms, 20 * ms] {
+            liveness.sent(at: now)
+            XCTAssertEqual(liveness.verdict(at: now), .alive)
+        }
+        liveness.sent(at: 65 * ms)
+        XCTAssertEqual(liveness.verdict(at: 65 * ms), .alive, "judged over the time it could not read")
+        liveness.sent(at: 75 * ms)
+        XCTAssertEqual(liveness.verdict(at: 75 * ms), .alive)
+        XCTAssertEqual(liveness.verdict(at: 85 * ms), .peerSilent(forNanos: 50 * ms))
+    }
 }

@@ -35,9 +35,18 @@ public struct PeerLiveness: Sendable {
     /// did not run (stopped, paused, starved), and the peer's silence over that gap proves
     /// nothing. The peer then gets a fresh `timeout` from now, in which whatever it sent
     /// meanwhile (a goodbye, say) is read; a peer that is really gone is given up one timeout later.
+    /// A shorter late check (the event loop held up applying a large checkpoint, say) is the same
+    /// in small: the time this side could not read is not counted as the peer's silence.
     public mutating func verdict(at now: UInt64) -> Verdict {
         defer { lastChecked = max(lastChecked, now) }
-        if now >= lastChecked && now - lastChecked >= timeoutNanos { heard(at: now) }
+        if now >= lastChecked {
+            let gap = now - lastChecked
+            if gap >= timeoutNanos {
+                heard(at: now)
+            } else if gap > 2 * intervalNanos {
+                lastHeard = min(now, lastHeard + (gap - intervalNanos))
+            }
+        }
         let silence = now >= lastHeard ? now - lastHeard : 0
         if silence >= timeoutNanos { return .peerSilent(forNanos: silence) }
         if now >= lastSent && now - lastSent >= intervalNanos { return .sendHeartbeat }

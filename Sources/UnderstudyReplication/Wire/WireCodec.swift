@@ -304,7 +304,12 @@ public struct WireDecoder: Sendable {
         guard generation >= minimumGeneration else { throw .staleGeneration(found: generation, known: minimumGeneration) }
         guard Int(length) <= maximumPayload else { throw .tooLarge(bytes: UInt64(length), limit: maximumPayload) }
         let total = WireCodec.headerBytes + Int(length) + WireCodec.trailerBytes
-        guard buffered.count >= total else { return nil }
+        guard buffered.count >= total else {
+            // Grown once to the frame's size, not doubled as it arrives: copying a large seed
+            // over and over would hold up the event loop that judges the peer's liveness.
+            if buffered.capacity < total { buffered.reserveCapacity(total) }
+            return nil
+        }
         var trailer = ByteReader(buffered[(total - 4)..<total])
         let stored = try? trailer.u32()
         let computed = buffered.withUnsafeBytes {
