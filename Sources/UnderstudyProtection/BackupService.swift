@@ -336,7 +336,7 @@ public final class BackupService: @unchecked Sendable {
         }
         metrics.failovers.increment()
         logger.notice(
-            "the primary is gone; taking over",
+            plan.handoverStarted == nil ? "the primary is gone; taking over" : "the primary handed the machine over; taking over",
             metadata: [
                 "mode": "\(plan.mode)", "generation": "\(generation)", "checkpoint": "\(plan.epoch)",
                 "logEntriesToReplay": "\(plan.follower?.log.behind ?? plan.log.count)",

@@ -40,7 +40,7 @@ public struct PromotedPrimary {
     /// machine can answer).
     public func serve(
         listening addresses: [ServiceAddress], serviceIP: ServiceIPHolder?, standbys: @escaping @Sendable () async -> [ServiceAddress],
-        migrations: MigrationBoard?, afterHandingOver: @escaping @Sendable () -> Void
+        migrations: MigrationBoard?, afterLeavingRole: @escaping @Sendable () -> Void
     ) throws -> Int32 {
         role.adopt(generation: promotion.generation)
         var options = PrimaryReplicator.Options(mode: promotion.mode, backup: nil, security: security, heartbeat: heartbeat)
@@ -49,7 +49,7 @@ public struct PromotedPrimary {
         options.standbys = standbys
         options.beforeStandingDown = { serviceIP?.giveUp() }
         options.migrations = migrations
-        options.afterHandingOver = afterHandingOver
+        options.afterLeavingRole = afterLeavingRole
         let (generation, handoverStarted, machine) = (promotion.generation, promotion.handoverStarted, machine)
         let answerMigration: @Sendable () -> Void = { [logger] in
             guard let migrations, let started = handoverStarted else { return }

@@ -65,7 +65,8 @@ func checkpointRun(module: URL, prepared: PreparedModule, mib: Int, dirty: Int, 
     defer { try? FileManager.default.removeItem(at: directory) }
     let suspension = SuspensionRequest()
     let arguments = ["pagetouch", "\(mib)", "\(dirty)", "\(rounds)"]
-    let configuration = MachineConfiguration(arguments: arguments, listenerCount: 0)
+    // Memories up to 1 GiB of pages, plus the guest's own: past the default limit.
+    let configuration = MachineConfiguration(arguments: arguments, listenerCount: 0, memoryLimitBytes: MachineConfiguration.largestMemoryLimit)
     let session = try RecordingSession(
         directory: directory, module: module, manifest: RecordingManifest(moduleHash: prepared.hash, configuration: configuration),
         recording: RoundWorld(suspension: suspension), kernelTracking: kernel)
@@ -100,7 +101,7 @@ func checkpointRun(module: URL, prepared: PreparedModule, mib: Int, dirty: Int, 
     let (_, state, _) = try CheckpointDirectory(directory).state(moduleHash: prepared.hash)
     _ = try Machine(
         restoring: state, prepared: prepared, world: RoundWorld(suspension: SuspensionRequest()), suspension: SuspensionRequest(),
-        configuration: MachineConfiguration(arguments: arguments, listenerCount: 0))
+        configuration: MachineConfiguration(arguments: arguments, listenerCount: 0, memoryLimitBytes: MachineConfiguration.largestMemoryLimit))
     let restore = nanos(ContinuousClock.now - restoreBegan)
     let checkpointBytes = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".ckpt") }
         .map { try FileManager.default.attributesOfItem(atPath: directory.appendingPathComponent($0).path)[.size] as? Int ?? 0 }

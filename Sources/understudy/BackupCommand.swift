@@ -135,8 +135,8 @@ struct BackupCommand: ParsableCommand {
                 listening: addresses, serviceIP: serviceIP,
                 standbys: { [address] in ((try? await registry?.standbys()) ?? []).filter { $0 != address } },
                 migrations: coordination.name.flatMap { coordination.migrationBoard(machine: $0, group: group) },
-                // Handed away by a planned migration, it is a standby again: this same command.
-                afterHandingOver: { becomeStandby(Array(CommandLine.arguments.dropFirst()), logger: logger) })
+                // Having left the role (handed over, or lost), it is a standby again: this same command.
+                afterLeavingRole: { becomeStandby(Array(CommandLine.arguments.dropFirst()), logger: logger) })
             _ = try? blocking(on: group) { await primaryRole.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {

@@ -68,7 +68,7 @@ struct PrimaryCommand: ParsableCommand {
     @Option(name: .long, help: "Start even though etcd names another holder of the machine in this generation (that process must be gone: check before you pass it).")
     var takeOverGeneration: UInt64?
 
-    @Option(name: .long, help: "HOST:PORT this process listens on for a primary once a planned migration (`understudy migrate`) has handed its role away: it becomes the new primary's standby, registered in etcd. Without it, it exits 0 after the handover.")
+    @Option(name: .long, help: "HOST:PORT this process listens on for a primary once it has left the primary role (a planned migration handed it away, or it lost the role and stood down): it becomes a standby of the machine, registered in etcd, so the pair forms again by itself. Without it, it exits (0 after a handover, 75 after standing down).")
     var replication: String?
 
     @OptionGroup var coordination: CoordinationOptions
@@ -151,7 +151,7 @@ struct PrimaryCommand: ParsableCommand {
             options.beforeStandingDown = { serviceIP?.giveUp() }
             if let replication {
                 let arguments = standbyArguments(replication: replication, machine: machineName)
-                options.afterHandingOver = { becomeStandby(arguments, logger: logger) }
+                options.afterLeavingRole = { becomeStandby(arguments, logger: logger) }
             }
             let replicator = PrimaryReplicator(
                 options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),

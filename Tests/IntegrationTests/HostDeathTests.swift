@@ -23,17 +23,10 @@ final class HostDeathTests: XCTestCase {
             XCTAssertTrue(pair.backup.output.contains("the peer has been silent"), "\(mode): detected otherwise than by silence:\n\(pair.backup.output)")
             let before = load.highest
             try Harness.waitUntil("\(mode): INCRs acknowledged again after the failover") { load.highest > before + 10 }
-            load.stop()
-
+            try load.checkThroughServiceIP(mode)
             XCTAssertTrue(try Hosts.holdsServiceIP("b"), mode)
-            XCTAssertEqual(load.errors, [], mode)
             XCTAssertEqual(try redisCLI(pair, "GET", "before"), "1", mode)
-            let served = try XCTUnwrap(Int(try redisCLI(pair, "GET", "counter")), mode)
-            XCTAssertGreaterThanOrEqual(served, load.highest, "\(mode): an acknowledged INCR is lost")
-            let values = load.acknowledgements.map(\.value)
-            XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards across the failover")
-            XCTAssertEqual(Set(values).count, values.count, "\(mode): one value acknowledged twice")
-            print("\(mode): host a died; b serves \(Hosts.serviceIP), counter \(served) ≥ \(load.highest)")
+            print("\(mode): host a died; b serves \(Hosts.serviceIP), counter ≥ \(load.highest)")
             pair.stop()
             try Hosts.heal("a")  // rebooted, empty, for the next mode
         }
@@ -45,35 +38,37 @@ final class HostDeathTests: XCTestCase {
 extension HostDeathTests {
     /// The link between primary and backup cut, etcd reachable from both, clients on the service
     /// IP: exactly one side wins the generation; the winner holds the IP at the end, the loser
-    /// does not (a primary that lost removes it before it exits), and no acknowledged INCR is lost.
+    /// does not (a primary that lost removes it before it stands down), and no acknowledged INCR
+    /// is lost. Healed, the pair forms again by itself: a backup that lost is seeded again, a
+    /// primary that lost (`--replication`) becomes a standby and is seeded.
     func testCuttingThePrimaryFromItsBackupLeavesTheServiceIPWithTheWinner() throws {
         for mode in ["llm", "remus"] {
-            let pair = try HostPair(mode: mode, serviceIP: true)
+            let pair = try HostPair(mode: mode, serviceIP: true, primaryOptions: ["--replication", "\(try Hosts.address("a")):7001"])
             defer { pair.stop() }
             let load = IncrementLoad(port: pair.servicePort, key: "counter", hosts: [Hosts.serviceIP], from: "clients")
             defer { load.stop() }
             try Harness.waitUntil("\(mode): INCRs acknowledged through the service IP") { load.highest >= 20 }
             try Hosts.cutLink("a", "b")
             try Harness.waitUntil("\(mode): one side settled", seconds: 30) {
-                pair.backup.output.contains("took the service IP") ? !pair.primary.isRunning : pair.backup.output.contains("not taking over")
+                pair.backup.output.contains("took the service IP")
+                    ? pair.primary.output.contains("becoming the new primary's standby") : pair.backup.output.contains("not taking over")
             }
             let winner = pair.backup.output.contains("took the service IP") ? "b" : "a"
             let loser = winner == "a" ? "b" : "a"
             XCTAssertTrue(try Hosts.holdsServiceIP(winner), "\(mode): the winner \(winner) does not hold the service IP")
             XCTAssertFalse(try Hosts.holdsServiceIP(loser), "\(mode): the loser \(loser) still holds the service IP")
             if winner == "b" {
-                XCTAssertEqual(pair.primary.terminationStatus, 75, "\(mode):\n\(pair.primary.output.suffix(2000))")
+                XCTAssertTrue(pair.primary.output.contains("standing down: lost the primary role"), "\(mode):\n\(pair.primary.output.suffix(2000))")
                 XCTAssertTrue(pair.primary.output.contains("gave up the service IP"), "\(mode):\n\(pair.primary.output.suffix(2000))")
             }
             try Hosts.healLink("a", "b")
+            let winnerOutput = { winner == "a" ? pair.primary.output : pair.backup.output }
+            try Harness.waitUntil("\(mode): the pair formed again by itself, \(winner) protected by \(loser)", seconds: 30) {
+                winnerOutput().components(separatedBy: "the machine is protected").count - 1 >= (winner == "a" ? 2 : 1)
+            }
             let before = load.highest
             try Harness.waitUntil("\(mode): INCRs acknowledged again by \(winner)") { load.highest > before + 10 }
-            load.stop()
-            XCTAssertEqual(load.errors, [], mode)
-            let values = load.acknowledgements.map(\.value)
-            XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards: two processes acknowledged")
-            XCTAssertGreaterThanOrEqual(
-                try XCTUnwrap(Int(try redisCLI(pair, "GET", "counter"))), load.highest, "\(mode): an acknowledged INCR is lost")
+            try load.checkThroughServiceIP(mode)
             print("\(mode): cut a↔b with the service IP: \(winner) serves it")
             pair.stop()
         }
@@ -88,31 +83,12 @@ extension HostDeathTests {
     /// acknowledged is lost across the chain. In every mode.
     func testAChainOfHostDeathsHealsItselfEachTime() throws {
         for mode in ["llm", "remus", "active"] {
-            try Hosts.up()
-            let etcd = try EtcdServer(host: "etcd")
-            defer { etcd.stop() }
-            let servicePort = Harness.freePort()
-            let replicationPort = Harness.freePort()
-            let common = try Harness.certificates().flags + ["--etcd", etcd.endpoint, "--name", "chain-\(servicePort)"] + Hosts.serviceIPFlags
-            func standby(on host: String) throws -> UnderstudyProcess {
-                let process = try UnderstudyProcess(
-                    "backup on \(host)",
-                    ["backup", "--replication", "\(try Hosts.address(host)):\(replicationPort)", "--listen", "\(Hosts.serviceIP):\(servicePort)"]
-                        + common, environment: ["UNDERSTUDY_WASM_OPT": "/nonexistent/wasm-opt"], host: host)
-                try process.waitFor("registered as a standby")
-                return process
-            }
-            var processes = ["b": try standby(on: "b")]
-            // No --backup: the primary finds its standby through etcd, as every later one does.
-            processes["a"] = try UnderstudyProcess(
-                "primary on a",
-                ["primary", try Harness.guest("kv"), "--listen", "\(Hosts.serviceIP):\(servicePort)", "--mode", mode] + common, host: "a")
-            defer { processes.values.forEach { $0.kill() } }
-            try processes["a"]!.waitFor("the machine is protected")
-            let load = IncrementLoad(port: servicePort, key: "counter", hosts: [Hosts.serviceIP], from: "clients")
+            let machine = try ServiceIPMachine("chain")
+            defer { machine.stop() }
+            var processes = ["b": try machine.standby(on: "b")]
+            processes["a"] = try machine.primary(on: "a", mode: mode)
+            let load = try machine.load()
             defer { load.stop() }
-            try Harness.waitUntil("\(mode): INCRs acknowledged") { load.highest >= 20 }
-
             var (serving, standingBy) = ("a", "b")
             for death in 1...5 {
                 try Hosts.kill(serving)
@@ -121,7 +97,7 @@ extension HostDeathTests {
                 let before = load.highest
                 try Harness.waitUntil("\(mode), death \(death): INCRs acknowledged by \(standingBy)") { load.highest > before + 10 }
                 try Hosts.heal(serving)  // rebooted, empty
-                processes[serving] = try standby(on: serving)
+                processes[serving] = try machine.standby(on: serving)
                 try survivor.waitFor("the machine is protected")
                 XCTAssertTrue(try Hosts.holdsServiceIP(standingBy), "\(mode), death \(death)")
                 XCTAssertFalse(try Hosts.holdsServiceIP(serving), "\(mode), death \(death): a rebooted standby holds the service IP")
@@ -129,14 +105,9 @@ extension HostDeathTests {
             }
             let before = load.highest
             try Harness.waitUntil("\(mode): INCRs acknowledged at the end") { load.highest > before + 10 }
-            load.stop()
-            XCTAssertEqual(load.errors, [], mode)
-            let values = load.acknowledgements.map(\.value)
-            XCTAssertEqual(values, values.sorted(), "\(mode): the counter went backwards across the chain")
-            let served = try XCTUnwrap(Int(try Hosts.redisCLI(port: servicePort, ["GET", "counter"])), mode)
-            XCTAssertGreaterThanOrEqual(served, load.highest, "\(mode): an acknowledged INCR is lost")
-            print("\(mode): five host deaths healed; counter \(served) ≥ \(load.highest)")
-            processes.values.forEach { $0.kill() }
+            try load.checkThroughServiceIP(mode)
+            print("\(mode): five host deaths healed; counter ≥ \(load.highest)")
+            machine.stop()
             try Hosts.heal("a")
             try Hosts.heal("b")
         }

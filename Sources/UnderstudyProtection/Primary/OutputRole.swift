@@ -18,6 +18,8 @@ final class OutputRole: @unchecked Sendable {
     private let mode: ReplicationMode
     /// What the process gives up for the role before it exits (the service IP).
     private let beforeStandingDown: @Sendable () -> Void
+    /// What it does instead of exiting, if anything (becoming a standby).
+    private let afterStandingDown: @Sendable () -> Void
     private let logger: Logger
     /// The role's request to start holding, carried out at the next suspension: made on the
     /// role's queue, taken on the machine's thread; guarded by `lock`.
@@ -26,7 +28,7 @@ final class OutputRole: @unchecked Sendable {
 
     init(
         holding: OutputHoldingWorld, link: BackupLink, recording: RecordingWorld?, suspension: SuspensionRequest, mode: ReplicationMode,
-        beforeStandingDown: @escaping @Sendable () -> Void, logger: Logger
+        beforeStandingDown: @escaping @Sendable () -> Void, afterStandingDown: @escaping @Sendable () -> Void, logger: Logger
     ) {
         self.holding = holding
         self.link = link
@@ -34,6 +36,7 @@ final class OutputRole: @unchecked Sendable {
         self.suspension = suspension
         self.mode = mode
         self.beforeStandingDown = beforeStandingDown
+        self.afterStandingDown = afterStandingDown
         self.logger = logger
     }
 
@@ -92,6 +95,7 @@ final class OutputRole: @unchecked Sendable {
         holding.dropEverything()
         beforeStandingDown()
         FileHandle.standardError.write(Data("understudy: standing down: \(reason)\n".utf8))
+        afterStandingDown()
         exit(StandDown.exitCode)
     }
 }

@@ -66,9 +66,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// Runs just before a primary that lost its role exits: what it holds for the role (the
         /// service IP) goes first.
         public var beforeStandingDown: @Sendable () -> Void = {}
-        /// Runs once a planned migration has handed the role away, before the process exits 0
-        /// (it may replace the process: `primary --replication` becomes a standby).
-        public var afterHandingOver: @Sendable () -> Void = {}
+        /// Runs once this process has left the primary role (handed it over in a planned
+        /// migration, or stood down having lost it), just before it exits: it may replace the
+        /// process (`primary --replication` becomes a standby, so the pair forms again by itself).
+        public var afterLeavingRole: @Sendable () -> Void = {}
         /// Where planned migrations are asked for (`understudy migrate`; etcd), if anywhere.
         public var migrations: MigrationBoard?
         public var reconnectInterval: Duration
@@ -164,11 +165,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
             suspension: suspension, moduleHash: prepared.hash, metrics: metrics, logger: logger)
         handover = PlannedHandover(
             link: link, stream: stream, holding: holding, recording: recording, role: role, suspension: suspension,
-            beforeLeaving: options.beforeStandingDown, afterLeaving: options.afterHandingOver, logger: logger)
+            beforeLeaving: options.beforeStandingDown, afterLeaving: options.afterLeavingRole, logger: logger)
         link.takingOver = { [handover] generation in handover.takingOver(generation: generation) }
         output = OutputRole(
             holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode,
-            beforeStandingDown: options.beforeStandingDown, logger: logger)
+            beforeStandingDown: options.beforeStandingDown, afterStandingDown: options.afterLeavingRole, logger: logger)
         metrics.protected.record(0)
     }
 
@@ -211,6 +212,13 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 request.generation == role.fencing.generation
             {
                 handled = request.id
+                guard role.currentStanding == .protected else {
+                    var refused = request
+                    refused.state = .failed
+                    refused.detail = "the primary of generation \(request.generation) has no backup protecting it to hand over to"
+                    try? await board.post(refused)
+                    continue
+                }
                 handover.request(request)
             }
             try? await Task.sleep(for: .milliseconds(100))
