@@ -34,20 +34,23 @@ struct CoordinationOptions: ParsableArguments {
             logger.warning("no --etcd: nothing fences a pause or a partition; a paused or cut-off primary and its backup may both serve")
             return UnfencedGenerationStore()
         }
-        let client = EtcdClient(endpoints: try EtcdEndpoint.parseList(etcd), group: group)
-        return EtcdGenerationStore(client: client, machine: machine)
+        return EtcdGenerationStore(client: EtcdClient(endpoints: try EtcdEndpoint.parseList(etcd), group: group), machine: machine)
     }
 
     /// Where planned migrations of the machine are asked for (nil without etcd).
     func migrationBoard(machine: String, group: EventLoopGroup) -> MigrationBoard? {
-        guard let etcd, let endpoints = try? EtcdEndpoint.parseList(etcd) else { return nil }
-        return MigrationBoard(client: EtcdClient(endpoints: endpoints, group: group), machine: machine)
+        client(group: group).map { MigrationBoard(client: $0, machine: machine) }
     }
 
     /// Where the machine's standbys register (nil without etcd).
     func standbyRegistry(machine: String, group: EventLoopGroup) -> StandbyRegistry? {
+        client(group: group).map { StandbyRegistry(client: $0, machine: machine) }
+    }
+
+    /// `validate` has checked the endpoints parse.
+    private func client(group: EventLoopGroup) -> EtcdClient? {
         guard let etcd, let endpoints = try? EtcdEndpoint.parseList(etcd) else { return nil }
-        return StandbyRegistry(client: EtcdClient(endpoints: endpoints, group: group), machine: machine)
+        return EtcdClient(endpoints: endpoints, group: group)
     }
 
     /// A name no other process shares, so a holder knows its own write when its answer was lost.

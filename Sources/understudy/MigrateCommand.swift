@@ -57,12 +57,8 @@ struct MigrateCommand: ParsableCommand {
                 Thread.sleep(forTimeInterval: 0.02)
             }
             throw CommandError("the migration of \(name) did not finish within \((timeout?.duration ?? .seconds(30)).milliseconds) ms")
-        } catch let error as CommandError {
-            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-            throw ExitCode.failure
         } catch {
-            FileHandle.standardError.write(Data("understudy: \(error)\n".utf8))
-            throw ExitCode.failure
+            throw failure(error)
         }
     }
 
