@@ -59,6 +59,22 @@ public struct Checkpoint: Equatable, Sendable {
             .full, memory: memory, rest: rest, pages: 0..<count, moduleHash: moduleHash, logPosition: logPosition, buffer: &buffer)
     }
 
+    /// One of the parts a whole memory travels in when it is too large for one frame (a backup's
+    /// pre-copy seed, a few MiB a frame, so that heartbeats pass between them): the non-zero
+    /// pages of `memory` within `pages`. The first part is `full`, every page outside it zero;
+    /// the others are deltas onto it, which name no zero pages, since every page they do not
+    /// carry is still zero where they apply.
+    public static func part(
+        of memory: UnsafeRawBufferPointer, pages: Range<UInt32>, first: Bool, rest: MachineState, moduleHash: String, logPosition: UInt64
+    ) -> Checkpoint {
+        var buffer: [UInt8] = []
+        var part = checkpoint(
+            first ? .full : .delta, memory: memory, rest: rest, pages: pages, moduleHash: moduleHash, logPosition: logPosition,
+            buffer: &buffer)
+        part.zeroPages = []
+        return part
+    }
+
     /// As `delta(of:)`, copying only the dirty pages out of `memory` in place: the pause a
     /// checkpoint costs the guest grows with the pages written, not with its memory size.
     /// `pageBuffer` holds the copied pages; pass the same one each time and it is reused once

@@ -21,6 +21,8 @@ final class BackupReplica: @unchecked Sendable {
     let moduleHash: String
     private(set) var prepared: PreparedModule?
     private(set) var manifest: RecordingManifest?
+    /// How the primary protects the machine: how this backup protects it once promoted.
+    private(set) var protection: ProtectionSettings?
     private(set) var state: MachineState?
     private(set) var epoch: UInt64 = 0
     private(set) var log: BackupLog?
@@ -163,12 +165,14 @@ final class BackupReplica: @unchecked Sendable {
         } catch {
             throw Refusal("the module is refused: \(error)")
         }
-        let manifest: RecordingManifest
+        let replicated: ReplicatedMachine
         do {
-            manifest = try JSONDecoder().decode(RecordingManifest.self, from: Data(configuration))
+            replicated = try JSONDecoder().decode(ReplicatedMachine.self, from: Data(configuration))
         } catch {
             throw Refusal("the machine's configuration is not readable: \(error)")
         }
+        let manifest = replicated.manifest
+        if let refusal = replicated.protection.refusal { throw Refusal("the primary's protection settings are refused: \(refusal)") }
         // Found now, not at the failover: a backup that could not take the service over is no backup.
         guard manifest.listenerCount == listenerCount else {
             throw Refusal("the primary's machine listens on \(manifest.listenerCount) addresses; this backup's --listen gives \(listenerCount)")
@@ -182,6 +186,7 @@ final class BackupReplica: @unchecked Sendable {
         }
         self.prepared = prepared
         self.manifest = manifest
+        protection = replicated.protection
     }
 
     private func checkWithinMemoryLimit(_ checkpoint: Checkpoint, epoch: UInt64) throws(Refusal) {
@@ -234,7 +239,8 @@ final class BackupReplica: @unchecked Sendable {
 
     private func apply(checkpoint bytes: [UInt8], epoch: UInt64) throws(Refusal) {
         guard prepared != nil else { throw Refusal("a checkpoint before the module") }
-        let expected = state == nil ? [0, 1] : [self.epoch + 1]
+        // Checkpoint 0 may come in parts (a pre-copy), each one more epoch 0, until checkpoint 1.
+        let expected = state == nil || self.epoch == 0 ? [0, 1] : [self.epoch + 1]
         guard mode != .active || epoch <= 1 else { throw Refusal("checkpoint \(epoch) in active mode, where only the seed's two come") }
         guard expected.contains(epoch) else { throw Refusal("checkpoint \(epoch) arrived after \(self.epoch)") }
         let checkpoint: Checkpoint

@@ -26,6 +26,8 @@ public final class BackupService: @unchecked Sendable {
         public var mode: ReplicationMode
         public var prepared: PreparedModule
         public var manifest: RecordingManifest
+        /// How the primary protected the machine: how it is protected from here on.
+        public var protection: ProtectionSettings
         public var state: MachineState
         /// `llm`: the log after the state, to replay before going live.
         public var log: [EventLogEntry]
@@ -292,11 +294,11 @@ public final class BackupService: @unchecked Sendable {
 
     /// Under `lock`: what a promotion of `replica` would serve, nil if it holds no machine yet.
     private func promotionPlan(_ replica: BackupReplica, detected: ContinuousClock.Instant) -> Promotion? {
-        guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let state = replica.state,
-            replica.mode != .active || replica.follower != nil
+        guard replica.canPromote, let prepared = replica.prepared, let manifest = replica.manifest, let protection = replica.protection,
+            let state = replica.state, replica.mode != .active || replica.follower != nil
         else { return nil }
         return Promotion(
-            mode: replica.mode, prepared: prepared, manifest: manifest, state: state, log: replica.log?.entries ?? [],
+            mode: replica.mode, prepared: prepared, manifest: manifest, protection: protection, state: state, log: replica.log?.entries ?? [],
             follower: replica.follower, epoch: replica.epoch, detected: detected)
     }
 

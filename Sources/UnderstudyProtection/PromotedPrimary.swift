@@ -43,9 +43,9 @@ public struct PromotedPrimary {
         migrations: MigrationBoard?, afterLeavingRole: @escaping @Sendable () -> Void
     ) throws -> Int32 {
         role.adopt(generation: promotion.generation)
-        var options = PrimaryReplicator.Options(mode: promotion.mode, backup: nil, security: security, heartbeat: heartbeat)
+        var options = PrimaryReplicator.Options(
+            mode: promotion.mode, backup: nil, security: security, protection: promotion.protection, heartbeat: heartbeat)
         options.machine = machine
-        options.memoryLimitBytes = promotion.manifest.configuration.memoryLimitBytes
         options.standbys = standbys
         options.beforeStandingDown = { serviceIP?.giveUp() }
         options.migrations = migrations
@@ -63,7 +63,6 @@ public struct PromotedPrimary {
                 try? await migrations.post(request)
             }
         }
-        let configuration = Array(try JSONEncoder().encode(promotion.manifest))
         let detected = promotion.detected
         if let follower = promotion.follower {
             var built: PrimaryReplicator?
@@ -77,7 +76,7 @@ public struct PromotedPrimary {
                 listening: addresses, serviceIP: serviceIP, detected: detected,
                 around: { [options, role, group, logger] live, capture in
                     let replicator = PrimaryReplicator(
-                        options: options, role: role, prepared: promotion.prepared, configuration: configuration, live: live,
+                        options: options, role: role, prepared: promotion.prepared, manifest: promotion.manifest, live: live,
                         suspension: follower.suspension, group: group, logger: logger, capture: capture)
                     built = replicator
                     return replicator.world
@@ -94,7 +93,7 @@ public struct PromotedPrimary {
         let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger) {
             [options, role, group, logger] live in
             let replicator = PrimaryReplicator(
-                options: options, role: role, prepared: promotion.prepared, configuration: configuration, live: live, suspension: suspension,
+                options: options, role: role, prepared: promotion.prepared, manifest: promotion.manifest, live: live, suspension: suspension,
                 group: group, logger: logger)
             built = replicator
             return replicator.world

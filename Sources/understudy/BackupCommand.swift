@@ -15,8 +15,9 @@ struct BackupCommand: ParsableCommand {
         discussion: """
             Waits for a primary on --replication (mutual TLS with --tls-cert, --tls-key and --tls-ca, \
             unless --insecure-replication: a peer without a certificate of that authority is refused \
-            during the TLS handshake). The primary sends its prepared module and configuration, \
-            a full checkpoint, then what its mode sends: checkpoints every epoch (remus), the \
+            during the TLS handshake). The primary sends its prepared module and configuration \
+            (with its protection flags: --epoch, --checkpoint-interval, --sync-every, --block-size, \
+            --verify-syncs, --ack-timeout, --fence-timeout), a full checkpoint, then what its mode sends: checkpoints every epoch (remus), the \
             event log and a checkpoint every interval (llm), or the event log and sync points \
             (active: this process runs the machine too, following the log, and the two compare \
             their states at each sync). Each message is checked whole before it is applied. When \
@@ -24,7 +25,9 @@ struct BackupCommand: ParsableCommand {
             --heartbeat-timeout, and the primary had recorded this backup as protecting it, this \
             process claims the machine's next generation in --etcd; having won it, it takes over: \
             it restores the latest checkpoint (and in llm replays the log after it), or in active \
-            lets its running machine finish the log; then it listens on --listen and serves. Having \
+            lets its running machine finish the log; then it listens on --listen and serves, a primary \
+            of the machine in the same mode with its old primary's protection flags, seeding the \
+            standbys registered for --name in --etcd as they come. Having \
             lost it (the primary lives on and won it), it drops its copy and waits to be seeded \
             again; while etcd does not answer, it keeps trying and does not serve. Without --etcd \
             it takes over at once, and nothing fences a primary that was only paused or cut off. \
@@ -127,7 +130,8 @@ struct BackupCommand: ParsableCommand {
         do {
             defer { serviceIP?.giveUp() }
             // The same identity it won with: the record it holds is its own.
-            let primaryRole = PrimaryRoleKeeper(store: store, holder: role.identity, fenceTimeout: .seconds(5), logger: logger)
+            let primaryRole = PrimaryRoleKeeper(
+                store: store, holder: role.identity, fenceTimeout: promotion.protection.fenceTimeout, logger: logger)
             let primary = PromotedPrimary(
                 promotion: promotion, role: primaryRole, security: replicationSecurity, heartbeat: timing, machine: coordination.name ?? "",
                 group: group, logger: logger)

@@ -100,6 +100,20 @@ struct PrimaryCommand: ParsableCommand {
         }
     }
 
+    /// The flags of how the machine is protected, as its backup is told them (it protects the
+    /// same way once promoted).
+    private var protection: ProtectionSettings {
+        var settings = ProtectionSettings()
+        if let epoch { settings.epoch = epoch.duration }
+        if let checkpointInterval { settings.checkpointInterval = checkpointInterval.duration }
+        if let syncEvery { settings.syncInterval = syncEvery.duration }
+        if let blockSize { settings.blockSize = blockSize }
+        settings.verifySyncs = verifySyncs
+        if let ackTimeout { settings.ackTimeout = ackTimeout.duration }
+        if let fenceTimeout { settings.fenceTimeout = fenceTimeout.duration }
+        return settings
+    }
+
     private func backupAddress() throws -> ServiceAddress? {
         guard let backup else {
             guard coordination.etcd != nil else { throw ValidationError("give --backup, or --etcd to seed the standbys registered there") }
@@ -135,15 +149,8 @@ struct PrimaryCommand: ParsableCommand {
             try serviceIP?.take()
             defer { serviceIP?.giveUp() }
             var options = PrimaryReplicator.Options(
-                mode: mode, backup: try backupAddress(), security: replicationSecurity, heartbeat: try heartbeat.timing())
-            if let epoch { options.epoch = epoch.duration }
-            if let checkpointInterval { options.checkpointInterval = checkpointInterval.duration }
-            if let syncEvery { options.syncInterval = syncEvery.duration }
-            if let blockSize { options.blockSize = blockSize }
-            options.verifySyncs = verifySyncs
-            if let ackTimeout { options.ackTimeout = ackTimeout.duration }
+                mode: mode, backup: try backupAddress(), security: replicationSecurity, protection: protection, heartbeat: try heartbeat.timing())
             options.machine = machineName
-            options.memoryLimitBytes = configuration.memoryLimitBytes
             options.migrations = coordination.migrationBoard(machine: machineName, group: group)
             if let registry = coordination.standbyRegistry(machine: machineName, group: group) {
                 options.standbys = { (try? await registry.standbys()) ?? [] }
@@ -154,7 +161,7 @@ struct PrimaryCommand: ParsableCommand {
                 options.afterLeavingRole = { becomeStandby(arguments, logger: logger) }
             }
             let replicator = PrimaryReplicator(
-                options: options, role: role, prepared: prepared, configuration: Array(try JSONEncoder().encode(manifest)),
+                options: options, role: role, prepared: prepared, manifest: manifest,
                 live: live, suspension: suspension, group: group, logger: logger)
             let machine = try Machine(prepared: prepared, world: replicator.world, suspension: suspension, configuration: configuration)
             replicator.start(machine)
@@ -208,7 +215,7 @@ struct PrimaryCommand: ParsableCommand {
     /// process is left alone unless `--take-over-generation` names it.
     private func claimRole(machine: String, group: EventLoopGroup, logger: Logger) throws -> PrimaryRoleKeeper {
         let store = try coordination.store(machine: machine, group: group, logger: logger)
-        let timeout = fenceTimeout?.duration ?? .seconds(5)
+        let timeout = protection.fenceTimeout
         let role = PrimaryRoleKeeper(store: store, holder: CoordinationOptions.identity(role: "primary"), fenceTimeout: timeout, logger: logger)
         let deadline = ContinuousClock.now + timeout
         var observed: GenerationRecord?

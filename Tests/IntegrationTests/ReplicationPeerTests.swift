@@ -69,6 +69,36 @@ final class ReplicationPeerTests: XCTestCase {
         }
     }
 
+    /// A guest of 256 MiB is seeded at the default heartbeat timeout (100 ms): its pre-copy goes
+    /// in parts of a few MiB, between which heartbeats pass (as one frame, the primary's event loop
+    /// encoded it for longer than the timeout, and the backup gave the primary up mid-seed, again
+    /// and again). Every value reads back after a failover.
+    func testAGuestOfHundredsOfMiBIsSeededAtTheDefaultHeartbeatTimeout() throws {
+        let values = 256
+        let pair = try ProtectedPair("kv", mode: "llm", primaryOptions: ["--memory-limit", "1GiB"])
+        defer { pair.stop() }
+        let client = try LineClient(port: pair.servicePort)
+        let value = String((0..<(1 << 20)).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
+        for index in 0..<values {
+            let key = "fill:\(index)"
+            let stored = "\(index):" + value.dropFirst("\(index):".count)
+            try client.send("*3\r\n$3\r\nSET\r\n$\(key.utf8.count)\r\n\(key)\r\n$\(stored.utf8.count)\r\n\(stored)\r\n")
+            XCTAssertEqual(try client.readLine(), "+OK")
+        }
+        try pair.restartBackup()
+        try pair.primary.waitFor("the machine is protected", times: 2, seconds: 120)
+        let primary = pair.primary.output
+        XCTAssertTrue(primary.contains("copied=128 of"), "the seed of a large memory reports its progress:\n\(primary)")
+        XCTAssertFalse(pair.backup.output.contains("silent"), "the backup gave the primary up while seeded:\n\(pair.backup.output)")
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        let after = try LineClient(port: pair.servicePort)
+        for index in [0, values / 2, values - 1] {
+            try after.send("*2\r\n$3\r\nGET\r\n$\("fill:\(index)".utf8.count)\r\nfill:\(index)\r\n")
+            XCTAssertEqual(try after.readLine(), "$\(value.utf8.count)")
+            XCTAssertEqual(try after.readLine(), "\(index):" + value.dropFirst("\(index):".count), "value \(index) after the failover")
+        }
+    }
+
     /// A backup that heartbeats but acknowledges nothing would hold every reply forever; once
     /// `--ack-timeout` has passed the primary counts it lost and answers (in both modes that
     /// wait on different acknowledgements: checkpoints in remus, the log in llm).
@@ -85,6 +115,23 @@ final class ReplicationPeerTests: XCTestCase {
             try pair.primary.waitFor("generation won: serving alone", times: 2)
             XCTAssertTrue(pair.backup.isRunning, "\(mode): the backup is alive, only stuck")
         }
+    }
+
+    /// A promoted backup protects the machine as its primary did: the primary's flags travel
+    /// with the module. Here its `--ack-timeout`: a standby that stops acknowledging after its seed
+    /// is given up by the promoted backup after the primary's 300 ms, not the default 500.
+    func testAPromotedBackupProtectsWithItsPrimarysSettings() throws {
+        let pair = try ProtectedPair("kv", mode: "llm", primaryOptions: ["--ack-timeout", "300ms"])
+        defer { pair.stop() }
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "1")
+        try pair.killPrimaryAndWaitForTakeover(probe: pingProbe)
+        let standby = try ProtectedPair.startBackup(
+            replicationPort: Harness.freePort(), servicePort: Harness.freePort(),
+            options: try pair.security.flags() + pair.coordinationFlags + ["--inject-stall", "after-seed"])
+        defer { standby.kill() }
+        try standby.waitFor("fault injection: seeded; acknowledging nothing more")
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["INCR", "n"]), "2")
+        try pair.backup.waitFor("(--ack-timeout 300 ms)")
     }
 
     /// A backup paused past the heartbeat timeout (SIGSTOP) is given up: the primary answers
@@ -224,15 +271,19 @@ final class ReplicationPeerTests: XCTestCase {
         let replicationPort = Harness.freePort()
         let backup = try ProtectedPair.startBackup(replicationPort: replicationPort, servicePort: servicePort, options: ["--insecure-replication"])
         defer { backup.kill() }
-        let configuration = { (hash: String) in
-            Array(#"{"version":1,"moduleHash":"\#(hash)","arguments":["kv.wasm"],"environment":[],"listenerCount":1}"#.utf8)
+        let configuration = { (hash: String, ackTimeoutNanos: Int) -> [UInt8] in
+            let manifest = #"{"version":1,"moduleHash":"\#(hash)","arguments":["kv.wasm"],"environment":[],"listenerCount":1}"#
+            let durations = #""epochNanos":25000000,"checkpointIntervalNanos":50000000,"syncIntervalNanos":100000000,"#
+            let timeouts = #""ackTimeoutNanos":\#(ackTimeoutNanos),"fenceTimeoutNanos":5000000000"#
+            let protection: String = "{" + durations + #""logBytesPerCheckpoint":8388608,"blockSize":64,"verifySyncs":false,"# + timeouts + "}"
+            return Array(#"{"manifest":"#.utf8) + Array(manifest.utf8) + Array(#","protection":"#.utf8) + Array(protection.utf8) + [UInt8(ascii: "}")]
         }
 
         // The hello names one module, the module sent is another.
         let liar = try WirePeer(port: replicationPort)
         try liar.send(.hello(.init(mode: .llm, moduleHash: String(repeating: "a", count: 64), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 1 << 30)))
         XCTAssertEqual(try liar.receive(), .welcome)
-        try liar.send(.module(bytes: moduleBytes, configuration: configuration(String(repeating: "a", count: 64))))
+        try liar.send(.module(bytes: moduleBytes, configuration: configuration(String(repeating: "a", count: 64), 500_000_000)))
         let answer = try liar.receive()
         guard case .refusal(let moduleReason) = answer else { return XCTFail("a wrong module was not refused: \(String(describing: answer))\n\(backup.output)") }
         XCTAssertTrue(moduleReason.contains("SHA-256 is \(realHash)"), moduleReason)
@@ -242,9 +293,17 @@ final class ReplicationPeerTests: XCTestCase {
         let braggart = try WirePeer(port: replicationPort)
         try braggart.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count + 1), memoryLimitBytes: 1 << 30)))
         XCTAssertEqual(try braggart.receive(), .welcome)
-        try braggart.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash))))
+        try braggart.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash), 500_000_000)))
         guard case .refusal(let sizeReason) = try braggart.receive() else { return XCTFail("a module of the wrong size was not refused") }
         XCTAssertEqual(sizeReason, "the module is \(moduleBytes.count) bytes; the hello declared \(moduleBytes.count + 1)")
+
+        // Protection the backup could not keep up once promoted: refused with the module.
+        let careless = try WirePeer(port: replicationPort)
+        try careless.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 1 << 30)))
+        XCTAssertEqual(try careless.receive(), .welcome)
+        try careless.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash), 0)))
+        guard case .refusal(let settingsReason) = try careless.receive() else { return XCTFail("an ack timeout of 0 was not refused") }
+        XCTAssertEqual(settingsReason, "the primary's protection settings are refused: the ack timeout of 0 ms is not between 0 and an hour")
 
         // Welcomed for a 16 MiB machine, it declares a frame no such machine can need: refused on
         // the header (16 MiB + a quarter + 16 MiB of slack is the bound), nothing of it kept.
@@ -259,7 +318,7 @@ final class ReplicationPeerTests: XCTestCase {
         let cutter = try WirePeer(port: replicationPort)
         try cutter.send(.hello(.init(mode: .llm, moduleHash: String(realHash), moduleBytes: UInt64(moduleBytes.count), memoryLimitBytes: 1 << 30)))
         XCTAssertEqual(try cutter.receive(), .welcome)
-        try cutter.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash))))
+        try cutter.send(.module(bytes: moduleBytes, configuration: configuration(String(realHash), 500_000_000)))
         try cutter.send(.checkpoint(epoch: 1, bytes: Array(checkpoint.prefix(checkpoint.count / 2))))
         guard case .refusal(let cutReason) = try cutter.receive() else { return XCTFail("a cut checkpoint was not refused") }
         XCTAssertTrue(cutReason.contains("checkpoint 1 refused"), cutReason)

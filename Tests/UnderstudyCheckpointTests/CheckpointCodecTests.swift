@@ -107,6 +107,26 @@ final class CheckpointCodecTests: XCTestCase {
     }
     static let pinnedDigest = "694b9f1a6e9903245ae49ae6dd61d67b44fea4ec0a19b31d1b2c68ee613a014f"
 
+    /// A pre-copy seed travels as parts: applied in order, through the codec, they are the whole
+    /// state; a later part alone names none of the zero pages it spans.
+    func testPartsOfAMemoryApplyToTheWholeState() throws {
+        let original = state(seed: 11, pages: 10)
+        var applied: MachineState?
+        try original.memory.withUnsafeBytes { memory in
+            for (index, start) in stride(from: UInt32(0), to: 10, by: 4).enumerated() {
+                let part = Checkpoint.part(
+                    of: memory, pages: start..<min(start + 4, 10), first: index == 0, rest: original, moduleHash: hash, logPosition: 0)
+                XCTAssertEqual(part.kind, index == 0 ? .full : .delta)
+                XCTAssertEqual(part.memoryBytes, UInt64(memory.count))
+                XCTAssertEqual(part.zeroPages, [])
+                XCTAssertTrue(part.pages.allSatisfy { (start..<start + 4).contains($0.index) }, "part \(index) strays from its pages")
+                try CheckpointCodec.decode(CheckpointCodec.encode(part)).apply(onto: &applied)
+                if index == 0 { XCTAssertNotEqual(applied, original, "the first part alone is not the whole memory") }
+            }
+        }
+        XCTAssertEqual(applied, original)
+    }
+
     func testFileWriteIsAtomicAndReadsBack() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ckpt-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import UnderstudyCheckpoint
 import UnderstudyCore
 import UnderstudyMachine
 import UnderstudyReplication
@@ -20,6 +21,9 @@ final class BackupLink: @unchecked Sendable {
     private let holding: OutputHoldingWorld
     private let moduleHash: String
     private let moduleBytes: Int
+    /// The machine's memory limit, said in the hello: with the module's size it bounds every frame of
+    /// the connection, both ways.
+    private let memoryLimitBytes: UInt64
     private let moduleMessage: WireMessage
     private let suspension: SuspensionRequest
     private let group: EventLoopGroup
@@ -62,7 +66,7 @@ final class BackupLink: @unchecked Sendable {
 
     init(
         options: PrimaryReplicator.Options, role: PrimaryRoleKeeper, holding: OutputHoldingWorld, prepared: PreparedModule,
-        configuration: [UInt8], suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger, metrics: ReplicationMetrics
+        manifest: RecordingManifest, suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger, metrics: ReplicationMetrics
     ) {
         self.options = options
         self.role = role
@@ -71,7 +75,10 @@ final class BackupLink: @unchecked Sendable {
         moduleBytes = prepared.bytes.count
         // Prepared here, once: the backup checks these bytes against the hello's hash and runs
         // them as they are (no wasm-opt of its own, so a re-seed costs no preparation).
-        moduleMessage = .module(bytes: prepared.bytes, configuration: configuration)
+        memoryLimitBytes = manifest.configuration.memoryLimitBytes
+        // Encoding cannot fail: nothing in it is a floating-point number.
+        let replicated = try! JSONEncoder().encode(ReplicatedMachine(manifest: manifest, protection: options.protection))
+        moduleMessage = .module(bytes: prepared.bytes, configuration: Array(replicated))
         self.suspension = suspension
         self.group = group
         self.logger = logger
@@ -115,7 +122,7 @@ final class BackupLink: @unchecked Sendable {
     private func connect(to backup: ServiceAddress, streaming stream: any BackupStream) async throws {
         let hello = WireMessage.Hello(
             mode: options.mode, moduleHash: moduleHash, generation: role.fencing.generation, machine: options.machine,
-            moduleBytes: UInt64(moduleBytes), memoryLimitBytes: options.memoryLimitBytes)
+            moduleBytes: UInt64(moduleBytes), memoryLimitBytes: memoryLimitBytes)
         let channel = try await ReplicationConnector.connect(
             to: backup, hello: hello, security: options.security, group: group, logger: logger, heartbeat: options.heartbeat,
             fencing: role.fencing)
@@ -264,9 +271,9 @@ final class BackupLink: @unchecked Sendable {
         }) else { return }
         guard let waiting = [holding.oldestHeldSince, checkpointWaiting].compactMap({ $0 }).min() else { return }
         let waited = ContinuousClock.now - waiting
-        guard waited > options.ackTimeout else { return }
+        guard waited > options.protection.ackTimeout else { return }
         lock.withLock { if active === channel { givenUp = true } }
-        refuse(channel, because: "the backup acknowledged nothing for \(waited.milliseconds) ms (--ack-timeout \(options.ackTimeout.milliseconds) ms)")
+        refuse(channel, because: "the backup acknowledged nothing for \(waited.milliseconds) ms (--ack-timeout \(options.protection.ackTimeout.milliseconds) ms)")
     }
 
     // MARK: Output

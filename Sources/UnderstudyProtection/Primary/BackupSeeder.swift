@@ -79,43 +79,63 @@ final class BackupSeeder: @unchecked Sendable {
         }
         let copying = Precopy.copying(ObjectIdentifier(channel))
         lock.withLock { precopy = copying }
-        let (logger, metrics, suspension, moduleHash) = (logger, metrics, suspension, moduleHash)
-        let memoryBox = UnsafeSendable(memory)
         logger.notice("seeding the backup: copying memory while the guest runs", metadata: ["bytes": "\(memory.count)"])
-        sender.async { [weak self] in
-            let memory = memoryBox.value
-            let began = ContinuousClock.now
-            var copy = [UInt8]()
-            copy.reserveCapacity(memory.count)
-            let chunk = 4 << 20
-            var reported = 0
-            for start in stride(from: 0, to: memory.count, by: chunk) {
-                copy.append(contentsOf: UnsafeRawBufferPointer(rebasing: memory[start..<min(start + chunk, memory.count)]))
-                let percent = copy.count * 100 / max(memory.count, 1)
-                if memory.count >= 64 << 20 && percent >= reported + 25 {
-                    reported = percent
-                    logger.notice("seeding the backup", metadata: ["copied": "\(copy.count >> 20) of \(memory.count >> 20) MiB"])
-                }
-            }
-            var state = rest
-            state.memory = copy
-            let bytes = CheckpointCodec.encode(Checkpoint.full(of: state, moduleHash: moduleHash, logPosition: 0))
-            let message = WireMessage.packing(epoch: 0, checkpoint: bytes)
-            self?.backupCopy.startOver(from: state)
-            let sent = metrics.stateSent(message)
-            channel.writeAndFlush(message, promise: nil)
-            logger.notice(
-                "seeding the backup: memory copied and sent; the pages written meanwhile follow",
-                metadata: [
-                    "bytes": "\(bytes.count)", "sent": "\(sent)",
-                    "millis": "\((ContinuousClock.now - began).milliseconds)",
-                ])
-            if let self {
-                // Only if no newer seed has begun since (this one's connection may be gone).
-                lock.withLock { if precopy == copying { precopy = .copied(ObjectIdentifier(channel)) } }
-            }
-            suspension.request()
+        let run = PrecopyRun(
+            memory: UnsafeSendable(memory), rest: rest, channel: channel, identity: copying,
+            partCount: max(1, (memory.count / Checkpoint.pageSize + Self.partPages - 1) / Self.partPages))
+        sender.async { [self] in
+            backupCopy.startOver()
+            for part in 0..<min(Self.partsInFlight, run.partCount) { send(part, of: run) }
         }
+    }
+
+    /// Pages per pre-copy part: 4 MiB, a frame the event loops encode and decode in milliseconds,
+    /// so heartbeats keep passing both ways however large the memory.
+    private static let partPages = 1_024
+    /// Parts written but not yet on the wire: what bounds the seed's memory on the primary.
+    private static let partsInFlight = 2
+
+    /// A pre-copy under way: the guest's memory, read in place while it runs (the pages it writes
+    /// meanwhile are tracked and go in checkpoint 1).
+    private struct PrecopyRun: @unchecked Sendable {
+        let memory: UnsafeSendable<UnsafeRawBufferPointer>
+        let rest: MachineState
+        let channel: Channel
+        let identity: Precopy
+        let partCount: Int
+        let began = ContinuousClock.now
+    }
+
+    /// The sender queue: part `index` of checkpoint 0, and once it is on the wire, the part
+    /// `partsInFlight` after it; after the last, the machine is asked for checkpoint 1. A newer
+    /// seed, or the connection's end, stops the chain.
+    private func send(_ index: Int, of run: PrecopyRun) {
+        guard index < run.partCount, lock.withLock({ precopy == run.identity }), run.channel.isActive else { return }
+        let memory = run.memory.value
+        let pages = UInt32(index * Self.partPages)..<UInt32(min((index + 1) * Self.partPages, memory.count / Checkpoint.pageSize))
+        let part = Checkpoint.part(of: memory, pages: pages, first: index == 0, rest: run.rest, moduleHash: moduleHash, logPosition: 0)
+        do {
+            try backupCopy.advance(by: part)
+        } catch {
+            return link.refuse(run.channel, because: "the pre-copy does not apply to the primary's copy of the backup: \(error)")
+        }
+        let message = WireMessage.packing(epoch: 0, checkpoint: CheckpointCodec.encode(part))
+        metrics.stateSent(message)
+        let written = run.channel.writeAndFlush(message)
+        guard index + 1 < run.partCount else {
+            return written.whenSuccess { [self] in
+                lock.withLock { if precopy == run.identity { precopy = .copied(ObjectIdentifier(run.channel)) } }
+                logger.notice(
+                    "seeding the backup: memory copied and sent; the pages written meanwhile follow",
+                    metadata: ["bytes": "\(memory.count)", "millis": "\((ContinuousClock.now - run.began).milliseconds)"])
+                suspension.request()
+            }
+        }
+        let quarter = max(run.partCount / 4, 1)
+        if memory.count >= 64 << 20, (index + 1) % quarter == 0 {
+            logger.notice("seeding the backup", metadata: ["copied": "\(((index + 1) * Self.partPages * Checkpoint.pageSize) >> 20) of \(memory.count >> 20) MiB"])
+        }
+        written.whenSuccess { [self] in sender.async { self.send(index + Self.partsInFlight, of: run) } }
     }
 
     /// Checkpoint 1 of a new backup, delta after a pre-copy or whole; from its log position on,

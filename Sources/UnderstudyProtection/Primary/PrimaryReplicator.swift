@@ -36,33 +36,14 @@ public final class PrimaryReplicator: @unchecked Sendable {
         /// The standbys registered in etcd (`StandbyRegistry`), asked whenever there is none
         /// connected; tried after `backup`.
         public var standbys: @Sendable () async -> [ServiceAddress] = { [] }
-        /// `remus`: how often a checkpoint is taken (and output released).
-        public var epoch: Duration
-        /// `llm`: how often a checkpoint is taken, bounding what a promotion replays. LLM's
-        /// paper checkpoints rarely; replaying runs the guest about as fast as it ran, so this
-        /// is roughly the worst-case replay time of a takeover (goal: ≤ 100 ms failover), and a
-        /// delta checkpoint costs a fraction of a millisecond of pause.
-        public var checkpointInterval: Duration
-        /// `llm`: a checkpoint is also taken once this much log has been sent since the last.
-        public var logBytesPerCheckpoint: Int
-        /// `active`: how often both machines stop at one log position and compare.
-        public var syncInterval: Duration = .milliseconds(100)
-        /// `active`: what a sync that finds differences compares and repairs in (FGBI).
-        public var blockSize = SyncBlockSize.standard
-        /// `active`: every sync also compares the whole state (tests, diagnosis).
-        public var verifySyncs = false
+        /// What it checkpoints, how long it waits for acknowledgements and for etcd; the backup
+        /// is told, and protects the same way once promoted.
+        public var protection = ProtectionSettings()
         public var heartbeat: HeartbeatTiming
         /// How the connection to the backup is authenticated.
         public var security: ReplicationSecurity
-        /// A seeded backup that has left an output or a checkpoint unacknowledged this long
-        /// counts as lost, though it heartbeats (a stuck process, a full disk, a stopped child):
-        /// otherwise every reply would wait for it forever.
-        public var ackTimeout: Duration = .milliseconds(500)
         /// The machine's name, said in the hello (a backup for another machine refuses it).
         public var machine = ""
-        /// The machine's memory limit, said in the hello: with the module's size it bounds every
-        /// frame of the connection, both ways.
-        public var memoryLimitBytes = MachineConfiguration.defaultMemoryLimit
         /// Runs just before a primary that lost its role exits: what it holds for the role (the
         /// service IP) goes first.
         public var beforeStandingDown: @Sendable () -> Void = {}
@@ -75,16 +56,14 @@ public final class PrimaryReplicator: @unchecked Sendable {
         public var reconnectInterval: Duration
 
         public init(
-            mode: ReplicationMode, backup: ServiceAddress?, security: ReplicationSecurity, epoch: Duration = .milliseconds(25),
-            checkpointInterval: Duration = .milliseconds(50), logBytesPerCheckpoint: Int = 8 << 20,
+            mode: ReplicationMode, backup: ServiceAddress?, security: ReplicationSecurity, protection: ProtectionSettings = .init(),
             heartbeat: HeartbeatTiming = .standard, reconnectInterval: Duration = .milliseconds(200)
         ) {
             precondition(mode != .none, "a primary protects in remus, llm or active mode")
+            precondition(protection.refusal == nil, "protection settings: \(protection.refusal ?? "")")
             self.mode = mode
             self.backup = backup
-            self.epoch = epoch
-            self.checkpointInterval = checkpointInterval
-            self.logBytesPerCheckpoint = logBytesPerCheckpoint
+            self.protection = protection
             self.heartbeat = heartbeat
             self.security = security
             self.reconnectInterval = reconnectInterval
@@ -112,7 +91,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     private let handover: PlannedHandover
 
     public init(
-        options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, configuration: [UInt8], live: LiveWorld,
+        options: Options, role: PrimaryRoleKeeper, prepared: PreparedModule, manifest: RecordingManifest, live: LiveWorld,
         suspension: SuspensionRequest, group: EventLoopGroup, logger: Logger, capture: CheckpointCapture? = nil
     ) {
         self.options = options
@@ -122,12 +101,12 @@ public final class PrimaryReplicator: @unchecked Sendable {
         holding = OutputHoldingWorld(holding: live)
         live.outputWakeDescriptor = holding.wakeDescriptor
         let link = BackupLink(
-            options: options, role: role, holding: holding, prepared: prepared, configuration: configuration, suspension: suspension,
+            options: options, role: role, holding: holding, prepared: prepared, manifest: manifest, suspension: suspension,
             group: group, logger: logger, metrics: metrics)
         self.link = link
         // A promoted active backup's machine is tracked already: one tracker per memory.
         let capture = capture ?? CheckpointCapture(moduleHash: prepared.hash)
-        let backupCopy = BackupCopy(blockSize: options.blockSize)
+        let backupCopy = BackupCopy(blockSize: options.protection.blockSize)
         switch options.mode {
         case .remus:
             recording = nil
@@ -151,11 +130,11 @@ public final class PrimaryReplicator: @unchecked Sendable {
                 let checkpoints = CheckpointSender(
                     capture: capture, backupCopy: backupCopy, sender: sender, recording: recording, link: link, metrics: metrics)
                 stream = LLMStream(
-                    checkpoints: checkpoints, log: log, link: link, suspension: suspension, logBytesPerCheckpoint: options.logBytesPerCheckpoint)
+                    checkpoints: checkpoints, log: log, link: link, suspension: suspension, logBytesPerCheckpoint: options.protection.logBytesPerCheckpoint)
             } else {
                 stream = ActiveSyncStream(
                     log: log, recording: recording, capture: capture, backupCopy: backupCopy, sender: sender, link: link, metrics: metrics,
-                    logger: logger, blockSize: options.blockSize, verifySyncs: options.verifySyncs)
+                    logger: logger, blockSize: options.protection.blockSize, verifySyncs: options.protection.verifySyncs)
             }
         case .none:
             preconditionFailure("a primary protects in remus, llm or active mode")
@@ -179,7 +158,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
     public func start(_ machine: Machine, connecting: Bool = true) {
         machine.onSuspended = { [unowned self] machine in try self.suspended(machine) }
         role.start(effects: output.effects)
-        let interval = [.remus: options.epoch, .active: options.syncInterval][options.mode] ?? options.checkpointInterval
+        let interval = [.remus: options.protection.epoch, .active: options.protection.syncInterval][options.mode] ?? options.protection.checkpointInterval
         let timer = DispatchSource.makeTimerSource(queue: .global())
         let nanos = Int(interval.nanoseconds)
         timer.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .microseconds(200))
@@ -190,7 +169,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         timer.resume()
         self.timer = timer
         let watchdog = DispatchSource.makeTimerSource(queue: .global())
-        let period = max(Int(options.ackTimeout.nanoseconds) / 4, 1_000_000)
+        let period = max(Int(options.protection.ackTimeout.nanoseconds) / 4, 1_000_000)
         watchdog.schedule(deadline: .now() + .nanoseconds(period), repeating: .nanoseconds(period), leeway: .milliseconds(1))
         watchdog.setEventHandler { [weak link] in link?.checkAcknowledgements() }
         watchdog.resume()

@@ -31,7 +31,7 @@ public enum WireCodec {
     /// 5: frames and the hello carry the generation; the `protecting` marker. 6: the hello
     /// declares the module's size and the machine's memory limit, which bound every frame;
     /// `handover` and `takingOver`, a planned migration.
-    public static let protocolVersion: UInt16 = 6
+    public static let protocolVersion: UInt16 = 7
     static let headerBytes = 8 + 8 + 1 + 4 + 4
     static let trailerBytes = 4
 
