@@ -6,7 +6,10 @@ import UnderstudyReplication
 /// (TCP-like: ordered, delayed by partitions, ended by FIN or by heartbeat silence), a simulated
 /// clock, a simulated etcd (one conditional write at a time, unreachable at times, sometimes
 /// applying a write whose answer is lost), clients writing through whoever serves, and seeded
-/// faults: crashes, host deaths, pauses, partitions, etcd outages. It checks, at every step:
+/// faults: crashes, host deaths, pauses, partitions, etcd outages, planned handovers. A backup that
+/// took over becomes the primary (`PrimaryRole.promoted`) once the old primary is gone, and a new
+/// standby is started wherever the backup's side is empty, as an operator (or `primary
+/// --replication`) does: so a run can be a chain of primaries. It checks, at every step:
 /// - one releaser per generation, and every output released without the backup's acknowledgement
 ///   released by the store's current holder;
 /// - no acknowledged write is missing from whoever takes over;
@@ -44,17 +47,26 @@ struct RoleSimulation {
         case givenUp(session: Int)
         /// The kernel's FIN.
         case fin(session: Int)
+        /// A planned handover: the primary's guest is stopped at `position`.
+        case handover(session: Int, position: Int)
+        /// The backup won the generation the handover asked it to claim.
+        case takingOver(session: Int)
 
         var session: Int {
             switch self {
             case .hello(let s, _), .welcome(let s), .refused(let s), .seed(let s, _, _), .entry(let s, _, _, _), .marker(let s, _, _),
-                .ack(let s, _), .heartbeat(let s), .givenUp(let s), .fin(let s):
+                .ack(let s, _), .heartbeat(let s), .givenUp(let s), .fin(let s), .handover(let s, _), .takingOver(let s):
                 return s
             }
         }
     }
 
     struct Process {
+        /// The identity it holds a role as: the store's holder names it.
+        var name: String
+        /// Which process occupies its side: events for an earlier one (a message in flight to a
+        /// process since replaced, a store answer it waited for) are dropped.
+        var incarnation: Int
         var alive = true
         var pausedUntil: UInt64 = 0
         var hostDead = false
@@ -66,6 +78,7 @@ struct RoleSimulation {
 
     let seed: UInt64
     var random: SeededGenerator
+    var incarnations = 1
     var now: UInt64 = 0
     private var queue = EventQueue()
     private var trace: [String] = []
@@ -82,7 +95,7 @@ struct RoleSimulation {
     var lastDelivery: [UInt64] = [0, 0]
 
     // The primary.
-    var p = Process()
+    var p = Process(name: "P", incarnation: 0)
     var primaryRole = PrimaryRole(holder: "P", fenceTimeoutNanos: RoleSimulation.fenceTimeout * 1000)
     var primaryState: [Int] = []
     var held: [(write: Int, position: Int)] = []
@@ -91,16 +104,26 @@ struct RoleSimulation {
     var seededSession: Int?
     /// The session output waits for: only its acknowledgements release it.
     var protectingSession: Int?
+    /// The protecting backup's acknowledgements have passed the marker: a handover may be asked.
+    var markerPassed = false
+    var markerPosition = 0
     var nextSession = 1
+    /// A planned handover under way: the guest is stopped; the backup must take over by `deadline`.
+    var handingOver: (session: Int, position: Int, deadline: UInt64)?
 
     // The backup.
-    var b = Process()
+    var b = Process(name: "B", incarnation: 1)
     var backupRole = BackupRole(identity: "B")
     var copy: [Int] = []
     var copySession: Int?
     var marker: (generation: UInt64, position: Int)?
     var backupServes = false
     var backupState: [Int] = []
+    /// The handover asked on this session, and whether its claim has begun.
+    var handoverAsked: (session: Int, position: Int)?
+    var claimingHandover = false
+    /// When a standby is started on the empty backup side.
+    var standbyDue: UInt64?
 
     // Clients.
     var acknowledged: Set<Int> = []
@@ -110,20 +133,34 @@ struct RoleSimulation {
     /// What happened in a run, counted over many so a test can see that the faults bit.
     var fencedAndWonAlone = false
     var discardedCopy = false
+    var takeovers = 0
+    var stoodDown = 0
+    var promotedPrimaries = 0
+    /// A promoted backup, serving as the primary, recorded a standby of its own as protecting it.
+    var promotedAndProtected = false
+    var handovers = 0
 
     struct Outcomes: CustomStringConvertible {
         var runs = 0, takeovers = 0, primariesStoodDown = 0, primariesWonAlone = 0, backupsDiscarded = 0
+        var promotedPrimaries = 0, promotedAndProtected = 0, chains = 0, handovers = 0
 
         mutating func count(_ run: RoleSimulation) {
             runs += 1
-            if run.backupServes { takeovers += 1 }
-            if run.primaryRole.hasStoodDown { primariesStoodDown += 1 }
+            takeovers += run.takeovers
+            primariesStoodDown += run.stoodDown
             if run.fencedAndWonAlone { primariesWonAlone += 1 }
             if run.discardedCopy { backupsDiscarded += 1 }
+            promotedPrimaries += run.promotedPrimaries
+            if run.promotedAndProtected { promotedAndProtected += 1 }
+            if run.takeovers >= 2 { chains += 1 }
+            handovers += run.handovers
         }
 
         var description: String {
-            "\(runs) runs: \(takeovers) takeovers, \(primariesStoodDown) primaries stood down, \(primariesWonAlone) fenced primaries won alone, \(backupsDiscarded) backups discarded their copy"
+            "\(runs) runs: \(takeovers) takeovers, \(primariesStoodDown) primaries stood down, \(primariesWonAlone) fenced primaries won alone, "
+                + "\(backupsDiscarded) backups discarded their copy, \(promotedPrimaries) promoted backups served as primaries, "
+                + "\(promotedAndProtected) runs where one was protected again, \(chains) runs of two takeovers or more, "
+                + "\(handovers) planned handovers"
         }
     }
 
@@ -137,6 +174,7 @@ struct RoleSimulation {
     mutating func run() throws(Violation) {
         scheduleFaults()
         at(0) { sim throws(Violation) in try sim.startPrimary() }
+        scheduleHandovers()
         at(1_000) { sim throws(Violation) in try sim.tick() }
         at(2_000) { sim throws(Violation) in try sim.clientWrites() }
         while let event = queue.pop() {
@@ -147,20 +185,26 @@ struct RoleSimulation {
         try checkProgress()
     }
 
-    private mutating func at(_ time: UInt64, _ run: @escaping (inout RoleSimulation) throws(Violation) -> Void) {
+    mutating func at(_ time: UInt64, _ run: @escaping (inout RoleSimulation) throws(Violation) -> Void) {
         queue.push(time: max(time, now), run)
     }
 
-    private mutating func note(_ line: String) { trace.append("\(now / 1000).\(now % 1000 / 100) \(line)") }
+    mutating func note(_ line: String) { trace.append("\(now / 1000).\(now % 1000 / 100) \(line)") }
 
-    private func violation(_ what: String) -> Violation { Violation(seed: seed, time: now, what: what, trace: trace) }
+    func violation(_ what: String) -> Violation { Violation(seed: seed, time: now, what: what, trace: trace) }
 
-    /// Runs `body` on `side` when it is alive and not paused (a paused process runs it later).
-    private mutating func on(_ side: Side, _ body: @escaping (inout RoleSimulation) throws(Violation) -> Void) throws(Violation) {
+    /// Runs `body` at `time` on the process that occupies `side` now, when it is alive and not
+    /// paused (a paused process runs it later; one replaced meanwhile, never).
+    mutating func later(_ side: Side, at time: UInt64, _ body: @escaping (inout RoleSimulation) throws(Violation) -> Void) {
+        let incarnation = (side == .primary ? p : b).incarnation
+        at(time) { sim throws(Violation) in try sim.on(side, incarnation, body) }
+    }
+
+    private mutating func on(_ side: Side, _ incarnation: Int, _ body: @escaping (inout RoleSimulation) throws(Violation) -> Void) throws(Violation) {
         let process = side == .primary ? p : b
-        guard process.alive else { return }
+        guard process.alive, process.incarnation == incarnation else { return }
         if process.pausedUntil > now {
-            at(process.pausedUntil) { sim throws(Violation) in try sim.on(side, body) }
+            at(process.pausedUntil) { sim throws(Violation) in try sim.on(side, incarnation, body) }
             return
         }
         try body(&self)
@@ -169,7 +213,7 @@ struct RoleSimulation {
     // MARK: Faults
 
     private mutating func scheduleFaults() {
-        var crashed = false
+        var crashes = 0
         for _ in 0..<Int.random(in: 0...3, using: &random) {
             let start = UInt64.random(in: 100_000...1_200_000, using: &random)
             let length = [50_000, 250_000, 1_000_000, 5_000_000, UInt64.random(in: 1_000...400_000, using: &random)].randomElement(using: &random)!
@@ -177,12 +221,12 @@ struct RoleSimulation {
             switch Int.random(in: 0..<8, using: &random) {
             case 0: at(start) { sim throws(Violation) in sim.pause(.primary, until: stop) }
             case 1: at(start) { sim throws(Violation) in sim.pause(.backup, until: stop) }
-            case 2 where !crashed:
-                crashed = true
+            case 2 where crashes < 2:
+                crashes += 1
                 let hostDies = random.chance(0.5)
                 at(start) { sim throws(Violation) in sim.crash(.primary, hostDies: hostDies) }
-            case 3 where !crashed:
-                crashed = true
+            case 3 where crashes < 2:
+                crashes += 1
                 let hostDies = random.chance(0.5)
                 at(start) { sim throws(Violation) in sim.crash(.backup, hostDies: hostDies) }
             case 4: partition = (start, stop)
@@ -208,7 +252,7 @@ struct RoleSimulation {
 
     // MARK: The network
 
-    private mutating func send(from side: Side, _ message: Message, kernel: Bool = false) {
+    mutating func send(from side: Side, _ message: Message, kernel: Bool = false) {
         let sender = side == .primary ? p : b
         guard kernel || (sender.alive && !sender.hostDead) else { return }
         var time = now + UInt64.random(in: 50...1_500, using: &random)
@@ -216,7 +260,7 @@ struct RoleSimulation {
         time = max(time, lastDelivery[side.rawValue])
         lastDelivery[side.rawValue] = time
         let to: Side = side == .primary ? .backup : .primary
-        at(time) { sim throws(Violation) in try sim.on(to) { sim throws(Violation) in try sim.deliver(message, to: to) } }
+        later(to, at: time) { sim throws(Violation) in try sim.deliver(message, to: to) }
     }
 
     private mutating func deliver(_ message: Message, to side: Side) throws(Violation) {
@@ -226,6 +270,7 @@ struct RoleSimulation {
     /// Heartbeats, liveness and reconnection, every interval, on each running side.
     private mutating func tick() throws(Violation) {
         at(now + Self.heartbeatInterval) { sim throws(Violation) in try sim.tick() }
+        try succeed()
         for side in [Side.primary, .backup] {
             var process = side == .primary ? p : b
             guard process.alive, process.pausedUntil <= now, let session = process.session else { continue }
@@ -254,7 +299,7 @@ struct RoleSimulation {
     }
 
     /// `side`'s end of `session` is gone; `death` when the peer did not say why.
-    private mutating func closed(_ side: Side, session: Int, death: Bool) throws(Violation) {
+    mutating func closed(_ side: Side, session: Int, death: Bool) throws(Violation) {
         if side == .primary {
             guard p.session == session else { return }
             p.session = nil
@@ -277,7 +322,7 @@ struct RoleSimulation {
             !(storeDown.0 <= now && now < storeDown.1) && !(process.cutFromStore.0 <= now && now < process.cutFromStore.1)
         let latency = UInt64.random(in: 200...3_000, using: &random)
         guard reachable else {
-            at(now + Self.storeTimeout) { sim throws(Violation) in try sim.on(side) { sim throws(Violation) in try sim.answered(side, nil, unreachable: true) } }
+            later(side, at: now + Self.storeTimeout) { sim throws(Violation) in try sim.answered(side, nil, unreachable: true) }
             return
         }
         let won = (store?.generation ?? 0) == expected
@@ -285,9 +330,9 @@ struct RoleSimulation {
         note("store: \(side) writes \(record) if \(expected): \(won ? "won" : "lost to \(store.map { "\($0)" } ?? "none")")")
         let current = store
         if random.chance(answerLostChance) {
-            at(now + Self.storeTimeout) { sim throws(Violation) in try sim.on(side) { sim throws(Violation) in try sim.answered(side, nil, unreachable: true) } }
+            later(side, at: now + Self.storeTimeout) { sim throws(Violation) in try sim.answered(side, nil, unreachable: true) }
         } else {
-            at(now + latency) { sim throws(Violation) in try sim.on(side) { sim throws(Violation) in try sim.answered(side, won ? nil : .some(current), unreachable: false) } }
+            later(side, at: now + latency) { sim throws(Violation) in try sim.answered(side, won ? nil : .some(current), unreachable: false) }
         }
     }
 
@@ -310,27 +355,28 @@ struct RoleSimulation {
         try primaryActs(primaryRole.start(after: 0, now: 0))
     }
 
-    private mutating func primaryActs(_ actions: [PrimaryRole.Action]) throws(Violation) {
+    mutating func primaryActs(_ actions: [PrimaryRole.Action]) throws(Violation) {
         for action in actions {
             switch action {
             case .write(let record, let expected): storeWrite(from: .primary, record, ifGeneration: expected)
             case .retryLater:
-                at(now + 50_000) { sim throws(Violation) in try sim.on(.primary) { sim throws(Violation) in try sim.primaryActs(sim.primaryRole.retry()) } }
+                later(.primary, at: now + 50_000) { sim throws(Violation) in try sim.primaryActs(sim.primaryRole.retry()) }
             case .startHolding(let generation, let backup):
                 // Applied by the machine's thread at its next suspension, a moment later.
-                at(now + UInt64.random(in: 0...2_000, using: &random)) { sim throws(Violation) in
-                    try sim.on(.primary) { sim throws(Violation) in sim.startHolding(generation, for: backup) }
+                later(.primary, at: now + UInt64.random(in: 0...2_000, using: &random)) { sim throws(Violation) in
+                    sim.startHolding(generation, for: backup)
                 }
             case .releaseEverything(let generation):
-                if generation > 1 { fencedAndWonAlone = true }
+                if generation > 1 && primaryGeneration > 0 { fencedAndWonAlone = true }
                 primaryGeneration = generation
                 holding = false
                 protectingSession = nil
                 note("primary releases everything in generation \(generation)")
-                for (write, _) in held { try release(write, by: "P", generation: generation, acknowledgedByBackup: false) }
+                for (write, _) in held { try release(write, by: p.name, generation: generation, acknowledgedByBackup: false) }
                 held = []
             case .standDown(let reason):
                 note("primary stands down: \(reason)")
+                stoodDown += 1
                 held = []
                 // No goodbye: the exit is a death to the backup, whose claim then decides (it
                 // wins once the store answers, if this primary lost by its timeout).
@@ -346,14 +392,18 @@ struct RoleSimulation {
         primaryGeneration = generation
         note("primary holds from position \(primaryState.count) in generation \(generation)")
         protectingSession = nil
-        if let session = seededSession, backup == "B#\(session)" {
+        markerPassed = false
+        if let session = seededSession, backup == "\(b.name)#\(session)" {
             protectingSession = session
+            markerPosition = primaryState.count
+            if promotedPrimaries > 0 { promotedAndProtected = true }
             send(from: .primary, .marker(session: session, generation: generation, position: primaryState.count))
         }
     }
 
     private mutating func primaryTakes(_ write: Int) throws(Violation) {
-        guard !primaryRole.hasStoodDown else { return }
+        // A guest stopped for a handover takes nothing; its client waits, unanswered.
+        guard !primaryRole.hasStoodDown, handingOver == nil else { return }
         primaryState.append(write)
         let position = primaryState.count
         if let session = p.session, copySessionSeededByPrimary.contains(session) {
@@ -362,7 +412,7 @@ struct RoleSimulation {
         if holding {
             held.append((write, position))
         } else {
-            try release(write, by: "P", generation: primaryGeneration, acknowledgedByBackup: false)
+            try release(write, by: p.name, generation: primaryGeneration, acknowledgedByBackup: false)
         }
     }
 
@@ -385,29 +435,33 @@ struct RoleSimulation {
         case .ack(_, let position):
             if seededSession != session && copySessionSeededByPrimary.contains(session) {
                 seededSession = session
-                try primaryActs(primaryRole.backupSeeded("B#\(session)"))
+                try primaryActs(primaryRole.backupSeeded("\(b.name)#\(session)"))
             }
             // Held output the backup holds may leave, whatever the standing (it can reproduce it).
             guard protectingSession == session else { return }
+            if position >= markerPosition { markerPassed = true }
             while holding, let first = held.first, first.position <= position {
                 held.removeFirst()
-                try release(first.write, by: "P", generation: primaryGeneration, acknowledgedByBackup: true)
+                try release(first.write, by: p.name, generation: primaryGeneration, acknowledgedByBackup: true)
             }
+        case .takingOver: try handedOver(session)
         default: break
         }
     }
 
     // MARK: The backup
 
-    private mutating func backupActs(_ actions: [BackupRole.Action]) throws(Violation) {
+    mutating func backupActs(_ actions: [BackupRole.Action]) throws(Violation) {
         for action in actions {
             switch action {
             case .write(let record, let expected): storeWrite(from: .backup, record, ifGeneration: expected)
             case .retryLater:
-                at(now + 50_000) { sim throws(Violation) in try sim.on(.backup) { sim throws(Violation) in try sim.backupActs(sim.backupRole.retry()) } }
+                later(.backup, at: now + 50_000) { sim throws(Violation) in try sim.backupActs(sim.backupRole.retry()) }
             case .takeOver(let generation):
-                note("backup takes over in generation \(generation) with \(copy.count) writes")
+                note("backup \(b.name) takes over in generation \(generation) with \(copy.count) writes")
+                takeovers += 1
                 backupServes = true
+                if claimingHandover, let asked = handoverAsked { send(from: .backup, .takingOver(session: asked.session)) }
                 backupState = copy
                 let missing = acknowledged.subtracting(backupState)
                 if !missing.isEmpty { throw violation("acknowledged writes \(missing.sorted().prefix(5)) are not in the promoted backup") }
@@ -415,6 +469,8 @@ struct RoleSimulation {
                 note("backup discards its copy: \(reason)")
                 copy = []
                 marker = nil
+                handoverAsked = nil
+                claimingHandover = false
                 discardedCopy = true
             }
         }
@@ -433,6 +489,7 @@ struct RoleSimulation {
             copy = []
             copySession = nil
             marker = nil
+            handoverAsked = nil
             return send(from: .backup, .welcome(session: session))
         }
         guard let session = b.session, message.session == session else { return }
@@ -457,16 +514,21 @@ struct RoleSimulation {
             copy.append(write)
             send(from: .backup, .ack(session: session, position: copy.count))
             try checkMarker()
+            try claimHandoverIfReached()
         case .marker(_, let generation, let position):
             marker = (generation, position)
             try checkMarker()
+        case .handover(_, let position):
+            note("backup is asked to take the machine over at position \(position)")
+            handoverAsked = (session, position)
+            try claimHandoverIfReached()
         case .givenUp: try closed(.backup, session: session, death: false)
         case .fin: try closed(.backup, session: session, death: true)
         default: break
         }
     }
 
-    private mutating func checkMarker() throws(Violation) {
+    mutating func checkMarker() throws(Violation) {
         guard let marker, copy.count >= marker.position, backupRole.standing == .waiting else { return }
         if let reason = backupRole.protecting(generation: marker.generation) { note("backup ignores a marker: \(reason)") }
         self.marker = nil
@@ -483,12 +545,12 @@ struct RoleSimulation {
         if p.alive && !primaryRole.hasStoodDown && primaryGeneration > 0 { servers.append(.primary) }
         if b.alive && backupServes { servers.append(.backup) }
         guard let server = servers.randomElement(using: &random) else { return }
-        try on(server) { sim throws(Violation) in
+        try on(server, (server == .primary ? p : b).incarnation) { sim throws(Violation) in
             if server == .primary {
                 try sim.primaryTakes(write)
             } else {
                 sim.backupState.append(write)
-                try sim.release(write, by: "B", generation: sim.backupRole.knownGeneration, acknowledgedByBackup: false)
+                try sim.release(write, by: sim.b.name, generation: sim.backupRole.knownGeneration, acknowledgedByBackup: false)
             }
         }
     }
@@ -517,46 +579,4 @@ struct RoleSimulation {
             "no write acknowledged since \(lastAcknowledgedAt / 1000) ms though the faults ended at \(Self.faultsEnd / 1000) ms (primary \(primaryRole.standing), backup \(backupRole.standing))"
         )
     }
-}
-
-/// A binary heap of events by time, ties in the order they were pushed: runs are reproducible.
-private struct EventQueue {
-    struct Event {
-        let time: UInt64
-        let order: UInt64
-        let run: (inout RoleSimulation) throws(RoleSimulation.Violation) -> Void
-    }
-
-    private var heap: [Event] = []
-    private var pushed: UInt64 = 0
-
-    mutating func push(time: UInt64, _ run: @escaping (inout RoleSimulation) throws(RoleSimulation.Violation) -> Void) {
-        heap.append(Event(time: time, order: pushed, run: run))
-        pushed += 1
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.before(heap[child], heap[parent]) else { break }
-            heap.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Event? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var parent = 0
-        while true {
-            let (left, right) = (2 * parent + 1, 2 * parent + 2)
-            var first = parent
-            if left < heap.count && Self.before(heap[left], heap[first]) { first = left }
-            if right < heap.count && Self.before(heap[right], heap[first]) { first = right }
-            guard first != parent else { return top }
-            heap.swapAt(first, parent)
-            parent = first
-        }
-    }
-
-    private static func before(_ a: Event, _ b: Event) -> Bool { a.time < b.time || (a.time == b.time && a.order < b.order) }
 }

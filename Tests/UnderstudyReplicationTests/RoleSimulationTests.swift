@@ -28,6 +28,14 @@ final class RoleSimulationTests: XCTestCase {
             XCTAssertGreaterThan(outcomes.primariesStoodDown, 100, "\(outcomes)")
             XCTAssertGreaterThan(outcomes.primariesWonAlone, 100, "\(outcomes)")
             XCTAssertGreaterThan(outcomes.backupsDiscarded, 10, "\(outcomes)")
+            // Promoted backups serve as primaries, are protected again by new standbys, and are
+            // themselves succeeded; planned handovers complete.
+            // (A promotion left standing `.protected` instead of `.alone` gave 406 runs protected
+            // again and 10 chains, where the real rule gives over four thousand and hundreds.)
+            XCTAssertGreaterThan(outcomes.promotedPrimaries, 1_000, "\(outcomes)")
+            XCTAssertGreaterThan(outcomes.promotedAndProtected, 1_000, "\(outcomes)")
+            XCTAssertGreaterThan(outcomes.chains, 100, "\(outcomes)")
+            XCTAssertGreaterThan(outcomes.handovers, 500, "\(outcomes)")
         }
     }
 }
