@@ -123,7 +123,9 @@ struct BackupCommand: ParsableCommand {
             return registry.register(address, identity: role.identity, logger: logger)
         }
         let promotion = service.waitForPromotion()
-        _ = try? blocking(on: group) {
+        // Withdrawn and closed while the service opens: clients wait for neither. A primary that
+        // connects meanwhile is refused (this backup has taken over).
+        let leavingStandby = group.next().makeFutureWithTask {
             await registration?.withdraw()
             await service.close()
         }
@@ -141,6 +143,7 @@ struct BackupCommand: ParsableCommand {
                 migrations: coordination.name.flatMap { coordination.migrationBoard(machine: $0, group: group) },
                 // Having left the role (handed over, or lost), it is a standby again: this same command.
                 afterLeavingRole: { becomeStandby(Array(CommandLine.arguments.dropFirst()), logger: logger) })
+            try? leavingStandby.wait()
             _ = try? blocking(on: group) { await primaryRole.letGo() }
             throw ExitCode(code)
         } catch let exit as ExitCode {

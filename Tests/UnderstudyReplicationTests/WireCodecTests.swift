@@ -148,6 +148,35 @@ final class WireCodecTests: XCTestCase {
         XCTAssertEqual(WireLimits.streamPayloadMax(for: largest), WireLimits.streamPayloadMax)
     }
 
+    /// A connection reads frames for as long as it lives: after a large frame, thousands of small
+    /// ones, in pieces, leave the decoder holding neither the large one's memory nor more and more
+    /// of its own (a buffer copied once per frame grew by a page each time, and kept the module's
+    /// 200 KiB, on both ends of every connection).
+    func testTheDecodersMemoryStaysBoundedFrameAfterFrame() throws {
+        var decoder = WireDecoder()
+        var sequence: UInt64 = 0
+        func frame(_ message: WireMessage) -> [UInt8] {
+            defer { sequence += 1 }
+            return WireCodec.encode(message, sequence: sequence)
+        }
+        let module = frame(.module(bytes: Array(repeating: 7, count: 2 << 20), configuration: []))
+        for start in stride(from: 0, to: module.count, by: 65_536) { decoder.append(module[start..<min(start + 65_536, module.count)]) }
+        guard case .module(let bytes, _) = try decoder.next() else { return XCTFail("the module frame did not decode") }
+        XCTAssertEqual(bytes.count, 2 << 20)
+        var largest = 0
+        for index in 0..<10_000 {
+            let beat = frame(index % 3 == 0 ? .logHeld(position: UInt64(index)) : .heartbeat)
+            decoder.append(beat[..<7])
+            XCTAssertNil(try decoder.next())
+            decoder.append(beat[7...] + frame(.heartbeat))
+            XCTAssertNotNil(try decoder.next())
+            XCTAssertEqual(try decoder.next(), .heartbeat)
+            largest = max(largest, decoder.buffer.capacity)
+        }
+        XCTAssertEqual(decoder.buffer.bytes, 0)
+        XCTAssertLessThan(largest, 64 << 10, "the decoder's buffer grew to \(largest) bytes")
+    }
+
     func testAHelloWithAnUnknownModeIsMalformed() {
         var hello = WireCodec.encode(.hello(.init(mode: .remus, moduleHash: "ab", moduleBytes: 1024, memoryLimitBytes: 1 << 24)), sequence: 0)
         hello[WireCodec.headerBytes + 2] = 9  // the mode byte, after the header and the 2-byte version

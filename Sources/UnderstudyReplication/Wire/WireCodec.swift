@@ -265,17 +265,26 @@ public struct WireDecoder: Sendable {
     public var maximumPayload: Int
     /// Frames of an older generation are refused (a backup sets it to the newest it knows).
     public var minimumGeneration: UInt64 = 0
+    /// Bytes received and not yet handed on start at `consumed`: a frame decoded moves an index,
+    /// not the bytes after it (the rest moves to the front once per read, in `append`).
     private var buffered: [UInt8] = []
+    private var consumed = 0
     private var expected: UInt64 = 0
     private var failure: WireError?
+    /// Above this, an emptied buffer lets its memory go (a seed's part, a module) rather than keep it.
+    private static let keptCapacity = 1 << 20
 
     public init(maximumPayload: Int = WireLimits.streamPayloadMax) {
         self.maximumPayload = maximumPayload
     }
 
     public mutating func append<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
+        compact()
         buffered.append(contentsOf: bytes)
     }
+
+    /// What is still buffered, for tests: the bytes of frames not yet whole, and the memory kept.
+    public var buffer: (bytes: Int, capacity: Int) { (buffered.count - consumed, buffered.capacity) }
 
     /// The next whole frame, nil until one has arrived.
     public mutating func next() throws(WireError) -> WireMessage? {
@@ -285,39 +294,55 @@ public struct WireDecoder: Sendable {
         } catch {
             failure = error
             buffered = []
+            consumed = 0
             throw error
         }
     }
 
-    private mutating func decodeNext() throws(WireError) -> WireMessage? {
-        guard buffered.count >= WireCodec.headerBytes else { return nil }
-        var header = ByteReader(buffered[..<WireCodec.headerBytes])
-        let (sequence, generation, type, length, headerCRC): (UInt64, UInt64, UInt8, UInt32, UInt32)
-        do {
-            (sequence, generation, type, length, headerCRC) = (try header.u64(), try header.u64(), try header.u8(), try header.u32(), try header.u32())
-        } catch {
-            return nil  // not reachable: the header is all there
+    private mutating func compact() {
+        guard consumed > 0 else { return }
+        if consumed == buffered.count {
+            if buffered.capacity > Self.keptCapacity { buffered = [] } else { buffered.removeAll(keepingCapacity: true) }
+        } else {
+            buffered.removeFirst(consumed)
         }
-        let headerComputed = buffered.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<(WireCodec.headerBytes - 4)])) }
+        consumed = 0
+    }
+
+    private mutating func decodeNext() throws(WireError) -> WireMessage? {
+        let start = consumed
+        guard buffered.count - start >= WireCodec.headerBytes else { return nil }
+        let (sequence, generation, type, length, headerCRC, headerComputed) = buffered.withUnsafeBytes { bytes in
+            let header = UnsafeRawBufferPointer(rebasing: bytes[start..<start + WireCodec.headerBytes])
+            return (
+                UInt64(littleEndian: header.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                UInt64(littleEndian: header.loadUnaligned(fromByteOffset: 8, as: UInt64.self)), header[16],
+                UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 17, as: UInt32.self)),
+                UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 21, as: UInt32.self)),
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: header[..<(WireCodec.headerBytes - 4)])))
+        }
         guard headerCRC == headerComputed else { throw .corruptHeader(sequence: expected) }
         guard sequence == expected else { throw .outOfOrder(expected: expected, found: sequence) }
         guard generation >= minimumGeneration else { throw .staleGeneration(found: generation, known: minimumGeneration) }
         guard Int(length) <= maximumPayload else { throw .tooLarge(bytes: UInt64(length), limit: maximumPayload) }
         let total = WireCodec.headerBytes + Int(length) + WireCodec.trailerBytes
-        guard buffered.count >= total else {
+        guard buffered.count - start >= total else {
             // Grown once to the frame's size, not doubled as it arrives: copying a large seed
             // over and over would hold up the event loop that judges the peer's liveness.
+            compact()
             if buffered.capacity < total { buffered.reserveCapacity(total) }
             return nil
         }
-        var trailer = ByteReader(buffered[(total - 4)..<total])
-        let stored = try? trailer.u32()
-        let computed = buffered.withUnsafeBytes {
-            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[WireCodec.headerBytes..<(total - 4)]))
+        let end = start + total
+        let (stored, computed) = buffered.withUnsafeBytes { bytes in
+            (
+                UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: end - 4, as: UInt32.self)),
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[(start + WireCodec.headerBytes)..<(end - 4)]))
+            )
         }
         guard stored == computed else { throw .corruptFrame(sequence: expected) }
-        let message = try WireCodec.decodePayload(type: type, buffered[WireCodec.headerBytes..<total - 4])
-        buffered.removeFirst(total)
+        let message = try WireCodec.decodePayload(type: type, buffered[(start + WireCodec.headerBytes)..<(end - 4)])
+        consumed = end
         expected += 1
         return message
     }
