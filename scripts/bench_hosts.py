@@ -255,19 +255,24 @@ def measure(bin_path, quick, progress):
             finally:
                 load.stop()
                 cluster.stop_processes()
-        for megabytes in sizes:
-            progress(f"standby start to protected, llm, {megabytes} MiB of guest memory")
-            name = f"bench-seed-{megabytes}"
-            primary = cluster.primary("a", name, "llm", ("--memory-limit", "4GiB"), wait_for="no standby registered")
-            fill(megabytes)
-            started = time.perf_counter()
-            cluster.standby("b", name)
-            primary.wait_for("the machine is protected", seconds=300)
-            record(("seed", megabytes), (time.perf_counter() - started) * 1000)
-            cluster.stop_processes()
+        measure_seeding(cluster, sizes, record, progress)
     finally:
         cluster.close()
     return rows
+
+
+def measure_seeding(cluster, sizes, record, progress):
+    """Standby start to "protected" against the guest's memory, llm, at the default heartbeat."""
+    for megabytes in sizes:
+        progress(f"standby start to protected, llm, {megabytes} MiB of guest memory")
+        name = f"bench-seed-{megabytes}"
+        primary = cluster.primary("a", name, "llm", ("--memory-limit", "4GiB"), wait_for="no standby registered")
+        fill(megabytes)
+        started = time.perf_counter()
+        cluster.standby("b", name)
+        primary.wait_for("the machine is protected", seconds=300)
+        record(("seed", megabytes), (time.perf_counter() - started) * 1000)
+        cluster.stop_processes()
 
 
 def report(rows, quick):
@@ -299,3 +304,19 @@ def report(rows, quick):
     for key in sorted(k for k in rows if k[0] == "seed"):
         lines.append(f"| {key[1]} MiB | {rows[key][0]:.0f} |")
     return lines
+
+
+if __name__ == "__main__":
+    # `python3 scripts/bench_hosts.py seeding [BIN]`: only the re-protection figures (root).
+    import sys
+    if sys.argv[1:2] != ["seeding"] or not available():
+        sys.exit("usage: python3 scripts/bench_hosts.py seeding [path/to/understudy] (as root, with scripts/hosts.sh)")
+    found = {}
+    seeding = Cluster(sys.argv[2] if len(sys.argv) > 2 else os.path.join(ROOT, ".build", "release", "understudy"))
+    try:
+        measure_seeding(seeding, (16, 64, 256, 1024), lambda key, value: found.setdefault(key, []).append(value),
+                        lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        seeding.close()
+    for key in sorted(found):
+        print(f"| {key[1]} MiB | {found[key][0]:.0f} |")
