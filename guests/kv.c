@@ -380,6 +380,7 @@ struct conn {
     size_t req_scan;    /* bytes of the current request parsed so far */
     struct span *spans;
     size_t argc, spans_cap;
+    bool resp3; /* HELLO 3 was answered: nulls are "_", pairs are maps */
 };
 
 static void out_bytes(struct conn *c, const void *p, size_t n) { buf_append(&c->out, p, n); }
@@ -402,7 +403,10 @@ static void out_sanitized(struct conn *c, const char *p, size_t n) {
 }
 
 static void reply_ok(struct conn *c) { out_bytes(c, "+OK\r\n", 5); }
-static void reply_nil(struct conn *c) { out_bytes(c, "$-1\r\n", 5); }
+static void reply_nil(struct conn *c) {
+    if (c->resp3) out_bytes(c, "_\r\n", 3);
+    else out_bytes(c, "$-1\r\n", 5);
+}
 static void reply_int(struct conn *c, long long v) { out_prefixed(c, ':', v); }
 static void reply_array(struct conn *c, long long n) { out_prefixed(c, '*', n); }
 
@@ -725,7 +729,8 @@ static void pop_generic(struct server *s, struct conn *c, const struct arg *av, 
     struct entry *e = lookup_typed(s, c, &av[1], T_LIST, &bad);
     if (bad) return;
     if (!e) {
-        out_cstr(c, ac == 3 ? "*-1\r\n" : "$-1\r\n");
+        if (ac == 3 && !c->resp3) out_cstr(c, "*-1\r\n"); /* RESP3 has one null for both */
+        else reply_nil(c);
         return;
     }
     struct list *l = e->v.l;
@@ -841,7 +846,8 @@ static void cmd_config(struct server *s, struct conn *c, const struct arg *av, s
     }
     long long known = 0;
     for (size_t i = 2; i < ac; i++) known += config_value(&av[i]) != NULL;
-    reply_array(c, 2 * known);
+    if (c->resp3) out_prefixed(c, '%', known);
+    else reply_array(c, 2 * known);
     for (size_t i = 2; i < ac; i++) {
         const char *v = config_value(&av[i]);
         if (!v) continue;
@@ -882,10 +888,53 @@ static void cmd_client(struct server *s, struct conn *c, const struct arg *av, s
     else reply_ok(c);
 }
 
-/* RESP3 is not spoken; NOPROTO makes clients carry on with RESP2. */
+/* HELLO [2|3] [AUTH user pass] [SETNAME name], as Redis answers it: the server's description, as
+ * an array (RESP2) or a map (RESP3), in the protocol asked for, which the connection then speaks.
+ * There are no users: AUTH is accepted as Redis accepts it for the default user without a
+ * password; names are accepted but not kept (as CLIENT SETNAME). */
 static void cmd_hello(struct server *s, struct conn *c, const struct arg *av, size_t ac) {
-    (void)s, (void)av, (void)ac;
-    reply_error(c, "NOPROTO sorry, this protocol version is not supported");
+    (void)s;
+    long long version = c->resp3 ? 3 : 2;
+    size_t next = 1;
+    if (ac >= 2) {
+        if (!parse_ll(av[1].p, av[1].len, &version)) {
+            reply_error(c, "ERR Protocol version is not an integer or out of range");
+            return;
+        }
+        next = 2;
+    }
+    if (version < 2 || version > 3) {
+        reply_error(c, "NOPROTO unsupported protocol version");
+        return;
+    }
+    while (next < ac) {
+        size_t need = arg_is(&av[next], "auth") ? 3 : arg_is(&av[next], "setname") ? 2 : 0;
+        if (need == 0 || next + need > ac) {
+            out_cstr(c, "-ERR Syntax error in HELLO option '");
+            out_sanitized(c, av[next].p, av[next].len < 128 ? av[next].len : 128);
+            out_cstr(c, "'\r\n");
+            return;
+        }
+        next += need;
+    }
+    c->resp3 = version == 3;
+    static const char *const fields[] = {"server", "redis", "version", "7.2.0", "mode", "standalone", "role", "master"};
+    if (c->resp3) out_prefixed(c, '%', 7);
+    else reply_array(c, 14);
+    for (size_t i = 0; i < 4; i += 2) {
+        reply_bulk(c, fields[i], strlen(fields[i]));
+        reply_bulk(c, fields[i + 1], strlen(fields[i + 1]));
+    }
+    reply_bulk(c, "proto", 5);
+    reply_int(c, version);
+    reply_bulk(c, "id", 2);
+    reply_int(c, (long long)c->fd);
+    for (size_t i = 4; i < 8; i += 2) {
+        reply_bulk(c, fields[i], strlen(fields[i]));
+        reply_bulk(c, fields[i + 1], strlen(fields[i + 1]));
+    }
+    reply_bulk(c, "modules", 7);
+    reply_array(c, 0);
 }
 
 /* Most frequent first: the lookup is a linear scan. */

@@ -21,3 +21,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.3 expected at /opt/swift)"; exit 1; }
+
+# redis-py, a client the tests drive as users do (RESP3 by default since 8), into a directory of
+# the project's own: PYTHONPATH=.build-python.
+python_dir="$(cd "$(dirname "$0")/.." && pwd)/.build-python"
+if ! PYTHONPATH="$python_dir" python3 -c 'import redis, sys; sys.exit(redis.__version__ != "8.1.0")' 2>/dev/null; then
+    echo "setup: installing redis-py 8.1.0 into $python_dir"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$python_dir" redis==8.1.0
+fi

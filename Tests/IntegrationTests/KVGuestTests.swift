@@ -21,6 +21,32 @@ final class KVGuestTests: XCTestCase {
         XCTAssertTrue(try Harness.redisCLI(server.port, "incr", "greeting").contains("not an integer"))
     }
 
+    /// redis-py 8 (setup installs it into .build-python) speaks RESP3 unless told otherwise: its
+    /// HELLO 3 is answered as Redis answers it, and both protocols read back what they wrote
+    /// (RESP3's null, its map for CONFIG GET).
+    func testRedisPyInBothProtocols() throws {
+        let server = try ServedGuest("kv")
+        let script = """
+            import sys, redis
+            assert redis.__version__.startswith("8."), redis.__version__
+            for protocol in (None, 2, 3):
+                r = redis.Redis(port=\(server.port), protocol=protocol) if protocol else redis.Redis(port=\(server.port))
+                key = "p%s" % protocol
+                print(protocol, r.set(key, "v"), r.get(key), r.incr(key + ":n"), r.get("missing"), r.rpush(key + ":l", "a"),
+                      r.lpop(key + ":l"), r.lpop(key + ":l"), r.config_get("save"))
+            print(redis.Redis(port=\(server.port)).connection_pool.get_connection().handshake_metadata[b"proto"])
+            """
+        let outcome = try Harness.run(
+            "python3", ["-c", script], environment: ["PYTHONPATH": Harness.root.appendingPathComponent(".build-python").path], timeoutSeconds: 60)
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        XCTAssertEqual(
+            outcome.stdout.split(separator: "\n").map(String.init),
+            [
+                "None True b'v' 1 None 1 b'a' None {'save': ''}", "2 True b'v' 1 None 1 b'a' None {'save': ''}",
+                "3 True b'v' 1 None 1 b'a' None {'save': ''}", "3",
+            ], outcome.stderr)
+    }
+
     /// redis-benchmark runs unmodified; its INCR hits one key, so the key's value counts the
     /// acknowledged requests exactly, pipelined or not.
     func testRedisBenchmarkRunsUnmodifiedAndEveryIncrLands() throws {
