@@ -46,6 +46,33 @@ final class MachineTests: XCTestCase {
         }
     }
 
+    /// A module that uses bulk memory and says nothing of its features (no `target_features`,
+    /// as AssemblyScript emits) is prepared and runs: wasm-opt refused it with bulk memory disabled.
+    func testAModuleThatDoesNotNameItsFeaturesMayUseBulkMemory() throws {
+        let bytes = try wat2wasm(
+            #"""
+            (module
+              (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (data (i32.const 100) "ok\n")
+              (func (export "_start")
+                (memory.fill (i32.const 300) (i32.const 120) (i32.const 8))
+                (memory.copy (i32.const 300) (i32.const 100) (i32.const 3))
+                (i32.store (i32.const 0) (i32.const 300))
+                (i32.store (i32.const 4) (i32.const 4))
+                (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+                (call $exit (i32.const 0))))
+            """#)
+        XCTAssertFalse(try WasmBinaryReader.customSectionNames(of: bytes).contains("target_features"))
+        let prepared = try Fixtures.preparer().prepare(bytes: bytes)
+        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
+        let machine = try Machine(
+            prepared: prepared, world: world, suspension: world.suspension, configuration: MachineConfiguration(arguments: ["bulk"], listenerCount: 0))
+        XCTAssertEqual(try machine.run(), 0)
+        XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), "ok\nx", "memory.copy over memory.fill's bytes")
+    }
+
     /// The interpreter, WASI argv and console output against the same C built natively.
     func testCPUGuestMatchesNativeBuild() throws {
         let printed = FileManager.default.temporaryDirectory.appendingPathComponent("native-cpu-\(UUID().uuidString).out")

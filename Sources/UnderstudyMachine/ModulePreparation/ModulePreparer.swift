@@ -42,7 +42,10 @@ public enum ModulePreparationError: Error, CustomStringConvertible, Equatable {
 
 public struct ModulePreparer {
     /// Bumped whenever preparation changes what it produces, so stale cache entries are ignored.
-    static let preparationVersion = "understudy-prepare-1"
+    static let preparationVersion = "understudy-prepare-2"
+    /// The proposals a module may use without saying so: WebAssembly 2.0's, which WasmKit runs
+    /// (as does wasmtime). Not SIMD, threads or memory64, which WasmKit does not take by default.
+    static let engineFeatures = ["bulk-memory", "sign-ext", "nontrapping-float-to-int", "mutable-globals", "multivalue", "reference-types"]
 
     public var cacheDirectory: URL
     public var wasmOptPath: String?
@@ -117,12 +120,17 @@ public struct ModulePreparer {
         let input = scratch.appendingPathComponent("in.wasm")
         let output = scratch.appendingPathComponent("out.wasm")
         let importList = imports.map { "\(WASIImportTable.moduleName).\($0)" }.joined(separator: ",")
+        // A module that names its features (clang's `target_features`) is taken at its word; one
+        // that does not (AssemblyScript's) may use any the engine runs, and wasm-opt would
+        // otherwise allow only the MVP's and refuse, say, `memory.fill`.
+        let names = (try? WasmBinaryReader.customSectionNames(of: bytes)) ?? []
+        let features = names.contains("target_features") ? [] : Self.engineFeatures.map { "--enable-\($0)" }
         do {
             try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
             try Data(bytes).write(to: input)
             let errors = scratch.appendingPathComponent("wasm-opt.err")
             let process = try SpawnedProcess(
-                wasmOpt, [input.path, "--asyncify", "--pass-arg=asyncify-imports@\(importList)", "-O2", "-o", output.path],
+                wasmOpt, [input.path] + features + ["--asyncify", "--pass-arg=asyncify-imports@\(importList)", "-O2", "-o", output.path],
                 stderr: .file(errors.path))
             let status = process.waitUntilExit()
             guard status == 0 else {

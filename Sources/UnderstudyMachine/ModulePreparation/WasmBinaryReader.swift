@@ -48,6 +48,14 @@ struct WasmBinaryReader {
         return sections
     }
 
+    /// The names of the custom sections (id 0) of `bytes`, in order.
+    static func customSectionNames(of bytes: [UInt8]) throws(Failure) -> [String] {
+        try sections(of: bytes).filter { $0.id == 0 }.map { section throws(Failure) in
+            var reader = WasmBinaryReader(bytes, offset: section.payload.lowerBound)
+            return String(decoding: try reader.name(), as: UTF8.self)
+        }
+    }
+
     mutating func byte() throws(Failure) -> UInt8 {
         guard offset < bytes.count else { throw .truncated(at: offset) }
         defer { offset += 1 }
