@@ -62,7 +62,8 @@ final class BlockEncodingTests: XCTestCase {
 final class CheckpointPackingTests: XCTestCase {
     func testACompressibleCheckpointTravelsCompressedAndExpandsExactly() throws {
         let checkpoint = (0..<200_000).map { UInt8(($0 / 64) % 7) }
-        let message = WireMessage.packing(epoch: 4, checkpoint: checkpoint)
+        var packer = StreamPacker()
+        let message = WireMessage.packing(epoch: 4, checkpoint: checkpoint, with: &packer)
         guard case .compressedCheckpoint(4, _, 200_000, let bytes) = message else { return XCTFail("\(message.kind)") }
         XCTAssertLessThan(bytes.count, checkpoint.count / 10)
         let decoded = try WireCodec.decodePayload(type: 10, WireCodec.encode(message, sequence: 0)[WireCodec.headerBytes...].dropLast(4))
@@ -73,14 +74,57 @@ final class CheckpointPackingTests: XCTestCase {
     func testAnIncompressibleCheckpointTravelsAsItIs() throws {
         var random = SeededGenerator(seed: 9)
         let checkpoint = (0..<50_000).map { _ in UInt8.random(in: 0...255, using: &random) }
-        XCTAssertEqual(WireMessage.packing(epoch: 2, checkpoint: checkpoint), .checkpoint(epoch: 2, bytes: checkpoint))
+        var packer = StreamPacker()
+        XCTAssertEqual(WireMessage.packing(epoch: 2, checkpoint: checkpoint, with: &packer), .checkpoint(epoch: 2, bytes: checkpoint))
     }
 
     func testALyingSizeOrBadBytesAreRefusedNotTrusted() {
-        let packed = WireMessage.packing(epoch: 1, checkpoint: [UInt8](repeating: 1, count: 10_000))
+        var packer = StreamPacker()
+        let packed = WireMessage.packing(epoch: 1, checkpoint: [UInt8](repeating: 1, count: 10_000), with: &packer)
         guard case .compressedCheckpoint(let epoch, let encoding, _, let bytes) = packed else { return XCTFail() }
         XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: encoding, size: 9_999, bytes: bytes).unpackedCheckpoint())
         XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: encoding, size: 10_000, bytes: Array(bytes.dropLast(3))).unpackedCheckpoint())
         XCTAssertThrowsError(try WireMessage.compressedCheckpoint(epoch: epoch, encoding: .xorDelta, size: 10_000, bytes: bytes).unpackedCheckpoint())
     }
 }
+
+/// A stream's packer: both compressors only on samples, one between them, chosen by the numbers.
+final class StreamPackerTests: XCTestCase {
+    private func random(_ count: Int, seed: UInt64) -> [UInt8] {
+        var generator = SeededGenerator(seed: seed)
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    func testTheChoiceFollowsTheSampledBytesAndEveryMessageExpandsExactly() throws {
+        // Runs of one byte: both pack them to almost nothing, and lz4 is the faster.
+        var runs = StreamPacker()
+        for index in 0..<StreamPacker.samplesNeeded {
+            let bytes = (0..<50_000).map { UInt8(($0 / 512 + index) % 5) }
+            XCTAssertEqual(try runs.pack(bytes).unpacked(), bytes)
+        }
+        XCTAssertEqual(runs.choice, .lz4)
+        // Text-like bytes zstd packs far better than lz4.
+        var words = StreamPacker()
+        let vocabulary: [[UInt8]] = (0..<64).map { word in random(3 + word % 9, seed: UInt64(word)).map { 97 + $0 % 26 } + [32] }
+        var generator = SeededGenerator(seed: 7)
+        for _ in 0..<StreamPacker.samplesNeeded {
+            var bytes: [UInt8] = []
+            for _ in 0..<8_000 { bytes += vocabulary[Int.random(in: 0..<64, using: &generator)] }
+            XCTAssertEqual(try words.pack(bytes).unpacked(), bytes)
+        }
+        XCTAssertEqual(words.choice, .zstd)
+        // Random bytes: neither compressor is run between samples, and they travel as they are.
+        var noise = StreamPacker()
+        for seed in 0..<UInt64(StreamPacker.samplesNeeded) { _ = noise.pack(random(20_000, seed: seed)) }
+        XCTAssertEqual(noise.choice, .raw)
+        let raw = random(20_000, seed: 99)
+        XCTAssertEqual(noise.pack(raw), PackedBytes(encoding: .raw, size: 20_000, bytes: raw))
+        // The stream changes: the next round of samples changes the choice.
+        for _ in 0..<(StreamPacker.resampleEvery + StreamPacker.samplesNeeded * StreamPacker.resampleEvery) {
+            let zeros = [UInt8](repeating: 0, count: 4_096)
+            XCTAssertEqual(try noise.pack(zeros).unpacked(), zeros)
+        }
+        XCTAssertEqual(noise.choice, .lz4)
+    }
+}
+

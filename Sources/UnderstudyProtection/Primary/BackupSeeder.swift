@@ -30,6 +30,8 @@ final class BackupSeeder: @unchecked Sendable {
     private let capture: CheckpointCapture
     /// The sender queue only.
     private let backupCopy: BackupCopy
+    /// The sender queue only: the seeds' parts are one stream.
+    private var packer = StreamPacker()
     private let sender: DispatchQueue
     private let suspension: SuspensionRequest
     private let moduleHash: String
@@ -119,7 +121,7 @@ final class BackupSeeder: @unchecked Sendable {
         } catch {
             return link.refuse(run.channel, because: "the pre-copy does not apply to the primary's copy of the backup: \(error)")
         }
-        let message = WireMessage.packing(epoch: 0, checkpoint: CheckpointCodec.encode(part))
+        let message = WireMessage.packing(epoch: 0, checkpoint: CheckpointCodec.encode(part), with: &packer)
         metrics.stateSent(message)
         let written = run.channel.writeAndFlush(message)
         guard index + 1 < run.partCount else {

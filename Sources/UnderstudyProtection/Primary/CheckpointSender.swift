@@ -15,6 +15,8 @@ final class CheckpointSender: @unchecked Sendable {
     private let capture: CheckpointCapture
     /// The sender queue only.
     private let backupCopy: BackupCopy
+    /// The sender queue only: one compressor for the stream, not both on every checkpoint.
+    private var packer = StreamPacker()
     private let sender: DispatchQueue
     /// `llm`: the log, flushed ahead of each checkpoint, which starts where it stands.
     private let recording: RecordingWorld?
@@ -48,11 +50,11 @@ final class CheckpointSender: @unchecked Sendable {
         metrics.pages.record(captured.pageCount)
         metrics.epochs.increment()
         let (metrics, backupCopy) = (metrics, backupCopy)
-        sender.async { [weak link] in
+        sender.async { [self, weak link] in
             defer { captured.recycle() }
             let message: WireMessage
             do {
-                message = .blockCheckpoint(epoch: sent, patch: PackedBytes(packing: try backupCopy.patch(for: captured).encoded()))
+                message = .blockCheckpoint(epoch: sent, patch: packer.pack(try backupCopy.patch(for: captured).encoded()))
             } catch {
                 link?.refuse(channel, because: "\(error)")  // not reachable: a seed always comes first
                 return

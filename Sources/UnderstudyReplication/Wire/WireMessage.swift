@@ -103,9 +103,9 @@ public enum WireMessage: Equatable, Sendable {
     }
 
     /// A checkpoint as it best travels: compressed when that makes it smaller (issue 5: memory
-    /// pages are mostly zeros and repeats), as it is otherwise.
-    public static func packing(epoch: UInt64, checkpoint bytes: [UInt8]) -> WireMessage {
-        let packed = PackedBytes(packing: bytes)
+    /// pages are mostly zeros and repeats), as it is otherwise; `packer` is its stream's.
+    public static func packing(epoch: UInt64, checkpoint bytes: [UInt8], with packer: inout StreamPacker) -> WireMessage {
+        let packed = packer.pack(bytes)
         guard packed.encoding != .raw else { return .checkpoint(epoch: epoch, bytes: bytes) }
         return .compressedCheckpoint(epoch: epoch, encoding: packed.encoding, size: packed.size, bytes: packed.bytes)
     }
@@ -137,21 +137,10 @@ public struct PackedBytes: Equatable, Sendable {
         self.bytes = bytes
     }
 
+    /// Packed on its own, the smaller of lz4 and zstd (a stream of messages uses a `StreamPacker`).
     public init(packing bytes: [UInt8]) {
-        let unpacked = PackedBytes(encoding: .raw, size: UInt32(clamping: bytes.count), bytes: bytes)
-        guard bytes.count >= 256, bytes.count <= Int(UInt32.max) else {
-            self = unpacked
-            return
-        }
-        let lz4 = bytes.withUnsafeBytes { BlockCodec.lz4Compress($0) }
-        let zstd = bytes.withUnsafeBytes { BlockCodec.zstdCompress($0) }
-        let best = [(BlockEncoding.lz4, lz4), (.zstd, zstd)].compactMap { encoding, packed in packed.map { (encoding, $0) } }
-            .min { $0.1.count < $1.1.count }
-        guard let (encoding, packed) = best, packed.count < bytes.count else {
-            self = unpacked
-            return
-        }
-        self.init(encoding: encoding, size: UInt32(bytes.count), bytes: packed)
+        var packer = StreamPacker()
+        self = packer.pack(bytes)
     }
 
     public func unpacked() throws(BlockEncodingError) -> [UInt8] {
