@@ -32,6 +32,8 @@ public struct Checkpoint: Equatable, Sendable {
     public var globals: [MachineState.GlobalState]
     public var descriptors: DescriptorTable
     public var unwindDataAddress: UInt32
+    /// The guest's unwound call chain (`MachineState.unwoundStack`).
+    public var unwoundStack: [UInt8] = []
 
     public static func full(of state: MachineState, moduleHash: String, logPosition: UInt64) -> Checkpoint {
         state.memory.withUnsafeBytes { memory in
@@ -123,7 +125,7 @@ public struct Checkpoint: Equatable, Sendable {
         return Checkpoint(
             kind: kind, moduleHash: moduleHash, logPosition: logPosition, memoryBytes: UInt64(memory.count),
             pages: pages, zeroPages: zeroPages, globals: rest.globals, descriptors: rest.descriptors,
-            unwindDataAddress: rest.unwindDataAddress)
+            unwindDataAddress: rest.unwindDataAddress, unwoundStack: rest.unwoundStack)
     }
 
     private static func isZero(_ page: UnsafeRawBufferPointer) -> Bool {
@@ -149,7 +151,7 @@ public struct Checkpoint: Equatable, Sendable {
         case .full:
             state = MachineState(
                 memory: [UInt8](repeating: 0, count: Int(memoryBytes)), globals: globals, descriptors: descriptors,
-                unwindDataAddress: unwindDataAddress)
+                unwindDataAddress: unwindDataAddress, unwoundStack: unwoundStack)
         case .delta:
             guard let base = state else { throw .deltaWithoutBase }
             guard UInt64(base.memory.count) <= memoryBytes else {
@@ -159,6 +161,7 @@ public struct Checkpoint: Equatable, Sendable {
             state!.globals = globals
             state!.descriptors = descriptors
             state!.unwindDataAddress = unwindDataAddress
+            state!.unwoundStack = unwoundStack
         }
         state!.memory.withUnsafeMutableBytes { memory in
             let pageCount = memory.count / Self.pageSize

@@ -8,7 +8,7 @@ import UnderstudyMachine
 ///
 /// Any change to what is written here requires a `formatVersion` bump; a test pins the bytes.
 public enum CheckpointCodec {
-    public static let formatVersion: UInt16 = 1
+    public static let formatVersion: UInt16 = 2
     static let magic: [UInt8] = Array("USTDYCKP".utf8)
     /// Pages per page-run record: bounds one record at 1 MiB of page data.
     static let pagesPerRecord = 256
@@ -19,6 +19,8 @@ public enum CheckpointCodec {
         case zeroPages = 3
         case globals = 4
         case descriptors = 5
+        /// The guest's unwound call chain (`MachineState.unwoundStack`); format 2 on.
+        case unwoundStack = 6
         case end = 255
     }
 
@@ -68,6 +70,9 @@ public enum CheckpointCodec {
         record(.descriptors) { w in
             w.u32(UInt32(checkpoint.descriptors.entries.count))
             for entry in checkpoint.descriptors.entries { DescriptorCoding.write(entry, to: &w) }
+        }
+        if !checkpoint.unwoundStack.isEmpty {
+            record(.unwoundStack) { w in w.raw(checkpoint.unwoundStack) }
         }
         let counted = UInt32(records)
         record(.end) { w in w.u32(counted) }

@@ -9,6 +9,9 @@ struct CheckpointDecoder {
     private var zeroPages: [UInt32] = []
     private var globals: [MachineState.GlobalState]?
     private var descriptors: DescriptorTable?
+    private var unwoundStack: [UInt8]?
+    /// Larger than any unwind buffer a machine is configured with.
+    static let unwoundStackMax = 1 << 20
 
     mutating func add(_ type: CheckpointCodec.RecordType, _ payload: ArraySlice<UInt8>) throws(CheckpointError) {
         var reader = ByteReader(payload)
@@ -57,6 +60,12 @@ struct CheckpointDecoder {
                 guard count <= DescriptorTable.descriptorsMax else { throw CheckpointError.malformed("\(count) descriptors") }
                 for _ in 0..<count { entries.append(try DescriptorCoding.read(from: &reader)) }
                 descriptors = DescriptorTable(entries: entries)
+            case .unwoundStack:
+                guard unwoundStack == nil else { throw CheckpointError.malformed("two unwound-stack records") }
+                guard payload.count >= 8, payload.count <= Self.unwoundStackMax else {
+                    throw CheckpointError.malformed("an unwound stack of \(payload.count) bytes")
+                }
+                unwoundStack = Array(try reader.raw(payload.count))
             case .end:
                 preconditionFailure("the end record is handled by the codec")
             }
@@ -81,7 +90,7 @@ struct CheckpointDecoder {
         return Checkpoint(
             kind: header.kind, moduleHash: header.moduleHash, logPosition: header.logPosition,
             memoryBytes: header.memoryBytes, pages: pages, zeroPages: zeroPages, globals: globals,
-            descriptors: descriptors, unwindDataAddress: header.unwind)
+            descriptors: descriptors, unwindDataAddress: header.unwind, unwoundStack: unwoundStack ?? [])
     }
 
     private func requireHeader() throws(CheckpointError) -> (kind: Checkpoint.Kind, moduleHash: String, logPosition: UInt64, memoryBytes: UInt64, unwind: UInt32) {

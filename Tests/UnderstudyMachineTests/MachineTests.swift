@@ -73,6 +73,46 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), "ok\nx", "memory.copy over memory.fill's bytes")
     }
 
+    /// Suspending at every host call on a guest whose shadow stack (2 KiB above its data) is far
+    /// smaller than the 16 KiB unwind buffer: the buffer lies over the data and the live stack
+    /// frame while an unwind or rewind runs, and they are put back as each ends. It was refused,
+    /// and with a slightly larger stack the buffer was left over the guest's data, which a printf
+    /// loop linked with a 16 KiB stack then printed as garbage.
+    func testTheUnwindBufferLeavesTheGuestsMemoryAsItWas() throws {
+        let bytes = try wat2wasm(
+            #"""
+            (module
+              (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (global $sp (mut i32) (i32.const 4096))
+              (data (i32.const 1024) "line\n")
+              (data (i32.const 2047) "\01")
+              (func $line (param $n i32)
+                (local $frame i32)
+                (local.set $frame (i32.sub (global.get $sp) (i32.const 16)))
+                (global.set $sp (local.get $frame))
+                (i32.store (local.get $frame) (i32.const 1024))
+                (i32.store offset=4 (local.get $frame) (i32.const 5))
+                (drop (call $write (i32.const 1) (local.get $frame) (i32.const 1) (i32.add (local.get $frame) (i32.const 8))))
+                (global.set $sp (i32.add (local.get $frame) (i32.const 16))))
+              (func (export "_start")
+                (local $i i32)
+                (loop $again
+                  (call $line (local.get $i))
+                  (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                  (br_if $again (i32.lt_u (local.get $i) (i32.const 3))))
+                (call $exit (i32.sub (i32.const 1) (i32.load8_u (i32.const 2047))))))
+            """#)
+        let prepared = try Fixtures.preparer().prepare(bytes: bytes)
+        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
+        let machine = try Machine(
+            prepared: prepared, world: world, suspension: world.suspension,
+            configuration: MachineConfiguration(arguments: ["small"], listenerCount: 0, suspendAtEveryBlock: true))
+        XCTAssertEqual(try machine.run(), 0, "the data below the stack was overwritten")
+        XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), "line\nline\nline\n")
+    }
+
     /// The interpreter, WASI argv and console output against the same C built natively.
     func testCPUGuestMatchesNativeBuild() throws {
         let printed = FileManager.default.temporaryDirectory.appendingPathComponent("native-cpu-\(UUID().uuidString).out")

@@ -39,6 +39,9 @@ extension MachineState {
         if unwindDataAddress != expected.unwindDataAddress {
             return "the unwound stack lies at \(unwindDataAddress), the recording has it at \(expected.unwindDataAddress)"
         }
+        if unwoundStack != expected.unwoundStack {
+            return "the unwound stack differs (\(unwoundStack.count) bytes, the recording's \(expected.unwoundStack.count))"
+        }
         return nil
     }
 }

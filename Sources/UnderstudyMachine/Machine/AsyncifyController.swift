@@ -16,15 +16,23 @@ final class AsyncifyController {
     private let stopRewindExport: Function
     private let memory: GuestMemoryView
     private let stackPointer: Global
-    /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it.
-    /// It is placed at each unwind just below the guest's shadow-stack pointer: that memory is
-    /// free (wasm32 C never uses memory below the stack pointer), and Asyncify runs no prologue
-    /// or epilogue while unwinding or rewinding, so nothing moves the pointer until the rewind
-    /// ends. Memory the host grew for itself would not do: this wasi-libc's malloc claims all
-    /// memory up to the size it finds at its first call.
+    /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it. It is
+    /// in memory only while an unwind or a rewind runs (Asyncify runs no guest code then that
+    /// reads memory, nor a prologue or epilogue that moves the stack pointer): what it covers is
+    /// kept aside and put back as each ends, and while the machine is suspended its stack is held
+    /// here (`unwoundStack`), so memory is the guest's own. So the buffer may go anywhere; it
+    /// goes just below the shadow-stack pointer. Placed there for good, it overwrote the data of
+    /// a guest with a small stack (wasm-ld puts the zero-initialised data right below the stack,
+    /// and nothing in the binary says where that ends); memory the host grew for itself would
+    /// not do either: this wasi-libc's malloc claims all memory up to the size it finds at its
+    /// first call.
     private(set) var dataAddress: UInt32 = 0
     let dataSize: UInt32
     private(set) var state: State = .normal
+    /// While suspended: the buffer's header and the frames Asyncify saved.
+    private(set) var unwoundStack: [UInt8] = []
+    /// What the buffer covers while it is in memory.
+    private var displaced: [UInt8] = []
 
     init(instance: Instance, memory: GuestMemoryView, dataSize: UInt32) throws(MachineError) {
         func export(_ name: String) throws(MachineError) -> Function {
@@ -48,10 +56,9 @@ final class AsyncifyController {
 
     func startUnwind() throws {
         precondition(state == .normal, "unwind started while \(state)")
-        guard case .i32(let pointer) = stackPointer.value, pointer >= dataSize + 1024 else {
-            throw MachineError.suspension("the guest's stack has no room for a \(dataSize)-byte unwind buffer")
-        }
-        dataAddress = (pointer - dataSize) & ~15
+        guard case .i32(let pointer) = stackPointer.value else { throw MachineError.suspension("the shadow-stack pointer is not an i32") }
+        dataAddress = pointer >= dataSize + 16 ? (pointer - dataSize) & ~15 : 16
+        displaced = try memory.bytes(at: dataAddress, count: dataSize)
         try memory.store(dataAddress + 8, at: dataAddress)
         try memory.store(dataAddress + dataSize, at: dataAddress + 4)
         try startUnwindExport.invoke([.i32(dataAddress)])
@@ -63,19 +70,27 @@ final class AsyncifyController {
         try stopUnwindExport.invoke()
         state = .normal
         let used = try memory.load(UInt32.self, at: dataAddress)
-        guard used <= dataAddress + dataSize else {
-            throw MachineError.suspension("the guest's stack (\(used - dataAddress) bytes) overflowed the \(dataSize)-byte unwind buffer")
+        guard used >= dataAddress + 8, used <= dataAddress + dataSize else {
+            throw MachineError.suspension("the guest's stack (\(used &- dataAddress) bytes) overflowed the \(dataSize)-byte unwind buffer")
         }
+        unwoundStack = try memory.bytes(at: dataAddress, count: used - dataAddress)
+        try putBack()
     }
 
     /// A restored machine rewinds the stack its original unwound, where that one left it.
-    func adoptUnwoundStack(at address: UInt32) {
+    func adoptUnwoundStack(at address: UInt32, stack: [UInt8]) {
         precondition(state == .normal, "stack adopted while \(state)")
         dataAddress = address
+        unwoundStack = stack
     }
 
     func startRewind() throws {
         precondition(state == .normal, "rewind started while \(state)")
+        guard unwoundStack.count >= 8, UInt64(unwoundStack.count) <= UInt64(dataSize) else {
+            throw MachineError.suspension("there is no unwound stack of the guest's to rewind (\(unwoundStack.count) bytes)")
+        }
+        displaced = try memory.bytes(at: dataAddress, count: dataSize)
+        try memory.store(bytes: unwoundStack, at: dataAddress)
         try startRewindExport.invoke([.i32(dataAddress)])
         state = .rewinding
     }
@@ -84,5 +99,13 @@ final class AsyncifyController {
         precondition(state == .rewinding, "rewind stopped while \(state)")
         try stopRewindExport.invoke()
         state = .normal
+        try putBack()
+        unwoundStack = []
+    }
+
+    /// The guest's own bytes where the buffer was.
+    private func putBack() throws {
+        try memory.store(bytes: displaced, at: dataAddress)
+        displaced = []
     }
 }

@@ -193,7 +193,7 @@ public final class Machine {
         guard isSuspended else { throw .suspension("state can only be replaced while the guest is suspended") }
         try adoptGlobals(state.globals, memoryBytes: memoryBytes)
         host.descriptors = state.descriptors
-        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
+        asyncify.adoptUnwoundStack(at: state.unwindDataAddress, stack: state.unwoundStack)
     }
 
     /// The machine's complete state. Only while suspended: from `onSuspended`.
@@ -209,7 +209,8 @@ public final class Machine {
         guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
         let globals = exportedGlobals.compactMap { MachineState.GlobalState(name: $0.name, value: $0.global.value) }
         return MachineState(
-            memory: [], globals: globals, descriptors: host.descriptors, unwindDataAddress: asyncify.dataAddress)
+            memory: [], globals: globals, descriptors: host.descriptors, unwindDataAddress: asyncify.dataAddress,
+            unwoundStack: asyncify.unwoundStack)
     }
 
     /// A fresh machine that continues exactly where `state` was captured: `run()` rewinds the
@@ -228,7 +229,7 @@ public final class Machine {
             memory.withUnsafeMutableBufferPointer(offset: 0, count: saved.count) { $0.copyMemory(from: saved) }
         }
         host.descriptors = state.descriptors
-        asyncify.adoptUnwoundStack(at: state.unwindDataAddress)
+        asyncify.adoptUnwoundStack(at: state.unwindDataAddress, stack: state.unwoundStack)
         resumesSuspendedGuest = true
     }
 

@@ -9,14 +9,18 @@ public struct MachineState: Equatable, Sendable {
     public var memory: [UInt8]
     public var globals: [GlobalState]
     public var descriptors: DescriptorTable
-    /// Where Asyncify saved the guest's call chain (inside `memory`).
+    /// Where Asyncify's buffer goes to rewind the guest's call chain.
     public var unwindDataAddress: UInt32
+    /// The guest's call chain as Asyncify saved it (the buffer's header and frames): kept out of
+    /// `memory`, which holds the guest's own bytes where the buffer was.
+    public var unwoundStack: [UInt8]
 
-    public init(memory: [UInt8], globals: [GlobalState], descriptors: DescriptorTable, unwindDataAddress: UInt32) {
+    public init(memory: [UInt8], globals: [GlobalState], descriptors: DescriptorTable, unwindDataAddress: UInt32, unwoundStack: [UInt8] = []) {
         self.memory = memory
         self.globals = globals
         self.descriptors = descriptors
         self.unwindDataAddress = unwindDataAddress
+        self.unwoundStack = unwoundStack
     }
 
     public struct GlobalState: Equatable, Sendable {

@@ -35,6 +35,10 @@ struct GuestMemoryView {
         }
     }
 
+    func bytes(at address: UInt32, count: UInt32) throws(WASIErrno) -> [UInt8] {
+        try withBytes(at: address, count: count) { Array($0) }
+    }
+
     func store(bytes: [UInt8], at address: UInt32) throws(WASIErrno) {
         try withBytes(at: address, count: UInt32(bytes.count)) { buffer in
             buffer.copyBytes(from: bytes)

@@ -179,7 +179,9 @@ final class ActiveFollower: @unchecked Sendable {
             guard state.moduleHash == prepared.hash, state.kind == .delta, state.pages.isEmpty, state.zeroPages.isEmpty,
                 state.memoryBytes <= UInt64(Int.max)
             else { throw DivergenceError("sync \(point.sync)'s repair carries a state that is not a bare one of this module") }
-            let rest = MachineState(memory: [], globals: state.globals, descriptors: state.descriptors, unwindDataAddress: state.unwindDataAddress)
+            let rest = MachineState(
+                memory: [], globals: state.globals, descriptors: state.descriptors, unwindDataAddress: state.unwindDataAddress,
+                unwoundStack: state.unwoundStack)
             adopted = (rest, Int(state.memoryBytes))
         }
         let memoryBytes = max(machine.withLinearMemory { $0.count }, adopted?.memoryBytes ?? 0)

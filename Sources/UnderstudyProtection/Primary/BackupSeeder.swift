@@ -15,10 +15,18 @@ import UnderstudyReplication
 /// checkpoint 1 is taken whole, stopped. With checkpoint 1 the backup receives the mode's stream
 /// (output waits for it only once the role says so).
 final class BackupSeeder: @unchecked Sendable {
-    private enum Precopy: Equatable {
+    /// Each pre-copy is numbered, and names its connection by reference: an identifier of a
+    /// connection since freed could be a new connection's, which would then wait for a copy
+    /// nobody makes.
+    private enum Precopy {
         case none
-        case copying(ObjectIdentifier)
-        case copied(ObjectIdentifier)
+        case copying(Channel, seed: UInt64)
+        case copied(Channel)
+
+        func isCopying(seed: UInt64) -> Bool {
+            if case .copying(_, let current) = self { return current == seed }
+            return false
+        }
     }
 
     private let link: BackupLink
@@ -43,6 +51,7 @@ final class BackupSeeder: @unchecked Sendable {
     /// the sender queue; guarded by `lock`.
     private let lock = NSLock()
     private var precopy = Precopy.none
+    private var seeds: UInt64 = 0
 
     init(
         link: BackupLink, stream: any BackupStream, holding: OutputHoldingWorld, recording: RecordingWorld?, capture: CheckpointCapture,
@@ -65,8 +74,8 @@ final class BackupSeeder: @unchecked Sendable {
     /// The machine's thread, at a suspension while `channel` awaits its seed.
     func suspended(_ machine: Machine, seeding channel: Channel) throws {
         switch lock.withLock({ precopy }) {
-        case .copying(ObjectIdentifier(channel)): break  // the sender asks again once the copy is out
-        case .copied(ObjectIdentifier(channel)): try finish(channel, machine)
+        case .copying(let copying, _) where copying === channel: break  // the sender asks again once the copy is out
+        case .copied(let copied) where copied === channel: try finish(channel, machine)
         default: try begin(channel, machine)  // nothing begun, or for a connection since lost
         }
     }
@@ -79,11 +88,14 @@ final class BackupSeeder: @unchecked Sendable {
         guard let (memory, rest) = try capture.beginPrecopy(machine) else {
             return try finish(channel, machine)
         }
-        let copying = Precopy.copying(ObjectIdentifier(channel))
-        lock.withLock { precopy = copying }
+        let seed = lock.withLock { () -> UInt64 in
+            seeds += 1
+            precopy = .copying(channel, seed: seeds)
+            return seeds
+        }
         logger.notice("seeding the backup: copying memory while the guest runs", metadata: ["bytes": "\(memory.count)"])
         let run = PrecopyRun(
-            memory: UnsafeSendable(memory), rest: rest, channel: channel, identity: copying,
+            memory: UnsafeSendable(memory), rest: rest, channel: channel, seed: seed,
             partCount: max(1, (memory.count / Checkpoint.pageSize + Self.partPages - 1) / Self.partPages))
         sender.async { [self] in
             backupCopy.startOver()
@@ -103,7 +115,7 @@ final class BackupSeeder: @unchecked Sendable {
         let memory: UnsafeSendable<UnsafeRawBufferPointer>
         let rest: MachineState
         let channel: Channel
-        let identity: Precopy
+        let seed: UInt64
         let partCount: Int
         let began = ContinuousClock.now
     }
@@ -112,7 +124,7 @@ final class BackupSeeder: @unchecked Sendable {
     /// `partsInFlight` after it; after the last, the machine is asked for checkpoint 1. A newer
     /// seed, or the connection's end, stops the chain.
     private func send(_ index: Int, of run: PrecopyRun) {
-        guard index < run.partCount, lock.withLock({ precopy == run.identity }), run.channel.isActive else { return }
+        guard index < run.partCount, lock.withLock({ precopy.isCopying(seed: run.seed) }), run.channel.isActive else { return }
         let memory = run.memory.value
         let pages = UInt32(index * Self.partPages)..<UInt32(min((index + 1) * Self.partPages, memory.count / Checkpoint.pageSize))
         let part = Checkpoint.part(of: memory, pages: pages, first: index == 0, rest: run.rest, moduleHash: moduleHash, logPosition: 0)
@@ -126,7 +138,7 @@ final class BackupSeeder: @unchecked Sendable {
         let written = run.channel.writeAndFlush(message)
         guard index + 1 < run.partCount else {
             return written.whenSuccess { [self] in
-                lock.withLock { if precopy == run.identity { precopy = .copied(ObjectIdentifier(run.channel)) } }
+                lock.withLock { if precopy.isCopying(seed: run.seed) { precopy = .copied(run.channel) } }
                 logger.notice(
                     "seeding the backup: memory copied and sent; the pages written meanwhile follow",
                     metadata: ["bytes": "\(memory.count)", "millis": "\((ContinuousClock.now - run.began).milliseconds)"])
