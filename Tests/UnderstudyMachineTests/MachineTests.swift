@@ -46,15 +46,33 @@ final class MachineTests: XCTestCase {
         }
     }
 
-    /// A module that uses bulk memory and says nothing of its features (no `target_features`,
-    /// as AssemblyScript emits) is prepared and runs: wasm-opt refused it with bulk memory disabled.
-    func testAModuleThatDoesNotNameItsFeaturesMayUseBulkMemory() throws {
-        let bytes = try wat2wasm(
-            #"""
+    /// A WAT guest that may write (`$write`, fd_write) and exit (`$exit`): `body` follows the
+    /// imports and a one-page memory.
+    private func consoleGuest(_ body: String) throws -> [UInt8] {
+        try wat2wasm(
+            """
             (module
               (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
               (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
               (memory (export "memory") 1)
+            \(body))
+            """)
+    }
+
+    private func runConsoleGuest(_ bytes: [UInt8], suspendAtEveryBlock: Bool = false) throws -> (exit: Int32, console: String) {
+        let prepared = try Fixtures.preparer().prepare(bytes: bytes)
+        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
+        let machine = try Machine(
+            prepared: prepared, world: world, suspension: world.suspension,
+            configuration: MachineConfiguration(arguments: ["guest"], listenerCount: 0, suspendAtEveryBlock: suspendAtEveryBlock))
+        return (try machine.run(), String(decoding: world.consoleOutput, as: UTF8.self))
+    }
+
+    /// A module that uses bulk memory and says nothing of its features (no `target_features`,
+    /// as AssemblyScript emits) is prepared and runs: wasm-opt refused it with bulk memory disabled.
+    func testAModuleThatDoesNotNameItsFeaturesMayUseBulkMemory() throws {
+        let bytes = try consoleGuest(
+            #"""
               (data (i32.const 100) "ok\n")
               (func (export "_start")
                 (memory.fill (i32.const 300) (i32.const 120) (i32.const 8))
@@ -62,15 +80,12 @@ final class MachineTests: XCTestCase {
                 (i32.store (i32.const 0) (i32.const 300))
                 (i32.store (i32.const 4) (i32.const 4))
                 (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-                (call $exit (i32.const 0))))
+                (call $exit (i32.const 0)))
             """#)
         XCTAssertFalse(try WasmBinaryReader.customSectionNames(of: bytes).contains("target_features"))
-        let prepared = try Fixtures.preparer().prepare(bytes: bytes)
-        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
-        let machine = try Machine(
-            prepared: prepared, world: world, suspension: world.suspension, configuration: MachineConfiguration(arguments: ["bulk"], listenerCount: 0))
-        XCTAssertEqual(try machine.run(), 0)
-        XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), "ok\nx", "memory.copy over memory.fill's bytes")
+        let (exit, console) = try runConsoleGuest(bytes)
+        XCTAssertEqual(exit, 0)
+        XCTAssertEqual(console, "ok\nx", "memory.copy over memory.fill's bytes")
     }
 
     /// Suspending at every host call on a guest whose shadow stack (2 KiB above its data) is far
@@ -79,12 +94,8 @@ final class MachineTests: XCTestCase {
     /// and with a slightly larger stack the buffer was left over the guest's data, which a printf
     /// loop linked with a 16 KiB stack then printed as garbage.
     func testTheUnwindBufferLeavesTheGuestsMemoryAsItWas() throws {
-        let bytes = try wat2wasm(
+        let bytes = try consoleGuest(
             #"""
-            (module
-              (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-              (memory (export "memory") 1)
               (global $sp (mut i32) (i32.const 4096))
               (data (i32.const 1024) "line\n")
               (data (i32.const 2047) "\01")
@@ -102,15 +113,11 @@ final class MachineTests: XCTestCase {
                   (call $line (local.get $i))
                   (local.set $i (i32.add (local.get $i) (i32.const 1)))
                   (br_if $again (i32.lt_u (local.get $i) (i32.const 3))))
-                (call $exit (i32.sub (i32.const 1) (i32.load8_u (i32.const 2047))))))
+                (call $exit (i32.sub (i32.const 1) (i32.load8_u (i32.const 2047)))))
             """#)
-        let prepared = try Fixtures.preparer().prepare(bytes: bytes)
-        let world = ScriptedWorld(incoming: [], suspension: SuspensionRequest())
-        let machine = try Machine(
-            prepared: prepared, world: world, suspension: world.suspension,
-            configuration: MachineConfiguration(arguments: ["small"], listenerCount: 0, suspendAtEveryBlock: true))
-        XCTAssertEqual(try machine.run(), 0, "the data below the stack was overwritten")
-        XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), "line\nline\nline\n")
+        let (exit, console) = try runConsoleGuest(bytes, suspendAtEveryBlock: true)
+        XCTAssertEqual(exit, 0, "the data below the stack was overwritten")
+        XCTAssertEqual(console, "line\nline\nline\n")
     }
 
     /// The interpreter, WASI argv and console output against the same C built natively.
