@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import UnderstudyCheckpoint
 import UnderstudyCore
 import UnderstudyMachine
 import UnderstudyReplication
@@ -64,23 +65,27 @@ public struct PromotedPrimary {
             }
         }
         let detected = promotion.detected
-        if let follower = promotion.follower {
-            var built: PrimaryReplicator?
+        var built: PrimaryReplicator?
+        let replicator = { [options, role, group, logger] (live: LiveWorld, suspension: SuspensionRequest, capture: CheckpointCapture?) in
+            let replicator = PrimaryReplicator(
+                options: options, role: role, prepared: promotion.prepared, manifest: promotion.manifest, live: live, suspension: suspension,
+                group: group, logger: logger, capture: capture)
+            built = replicator
+            return replicator.world
+        }
+        let serving = { [logger] in
             logger.notice(
                 "serving",
                 metadata: [
                     "listen": "\(addresses.map(\.description).joined(separator: ","))", "mode": "\(promotion.mode)",
-                    "generation": "\(promotion.generation)",
+                    "generation": "\(promotion.generation)", "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)",
                 ])
+        }
+        if let follower = promotion.follower {
+            serving()
             let code = try follower.takeOver(
                 listening: addresses, serviceIP: serviceIP, detected: detected,
-                around: { [options, role, group, logger] live, capture in
-                    let replicator = PrimaryReplicator(
-                        options: options, role: role, prepared: promotion.prepared, manifest: promotion.manifest, live: live,
-                        suspension: follower.suspension, group: group, logger: logger, capture: capture)
-                    built = replicator
-                    return replicator.world
-                },
+                around: { live, capture in replicator(live, follower.suspension, capture) },
                 onLive: { machine in
                     built?.start(machine)
                     answerMigration()
@@ -89,14 +94,8 @@ public struct PromotedPrimary {
             return code
         }
         let suspension = SuspensionRequest()
-        var built: PrimaryReplicator?
-        let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger) {
-            [options, role, group, logger] live in
-            let replicator = PrimaryReplicator(
-                options: options, role: role, prepared: promotion.prepared, manifest: promotion.manifest, live: live, suspension: suspension,
-                group: group, logger: logger)
-            built = replicator
-            return replicator.world
+        let takeover = try Takeover(promotion, listening: addresses, serviceIP: serviceIP, suspension: suspension, logger: logger) { live in
+            replicator(live, suspension, nil)
         }
         guard let replicator = built else { throw TakeoverError("the promoted machine has no replicator") }
         replicator.start(takeover.machine, connecting: takeover.replay == nil)
@@ -108,12 +107,7 @@ public struct PromotedPrimary {
             answerMigration()
         }
         if takeover.replay == nil { answerMigration() }
-        logger.notice(
-            "serving",
-            metadata: [
-                "listen": "\(addresses.map(\.description).joined(separator: ","))", "mode": "\(promotion.mode)",
-                "generation": "\(promotion.generation)", "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)",
-            ])
+        serving()
         let code: Int32
         do {
             code = try takeover.machine.run()

@@ -74,6 +74,7 @@ final class AsyncifyController {
             throw MachineError.suspension("the guest's stack (\(used &- dataAddress) bytes) overflowed the \(dataSize)-byte unwind buffer")
         }
         unwoundStack = try memory.bytes(at: dataAddress, count: used - dataAddress)
+        displaced.removeLast(displaced.count - unwoundStack.count)  // the unwind wrote no further
         try putBack()
     }
 
@@ -89,7 +90,7 @@ final class AsyncifyController {
         guard unwoundStack.count >= 8, UInt64(unwoundStack.count) <= UInt64(dataSize) else {
             throw MachineError.suspension("there is no unwound stack of the guest's to rewind (\(unwoundStack.count) bytes)")
         }
-        displaced = try memory.bytes(at: dataAddress, count: dataSize)
+        displaced = try memory.bytes(at: dataAddress, count: UInt32(unwoundStack.count))
         try memory.store(bytes: unwoundStack, at: dataAddress)
         try startRewindExport.invoke([.i32(dataAddress)])
         state = .rewinding

@@ -71,6 +71,10 @@ final class BackupSeeder: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// No part of a pre-copy under way reads guest memory after this (it may be going away);
+    /// the caller then waits for the sender queue.
+    func stop() { lock.withLock { precopy = .none } }
+
     /// The machine's thread, at a suspension while `channel` awaits its seed.
     func suspended(_ machine: Machine, seeding channel: Channel) throws {
         switch lock.withLock({ precopy }) {

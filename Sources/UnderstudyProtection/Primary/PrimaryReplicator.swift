@@ -209,7 +209,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
         ackWatchdog?.cancel()
         connecting?.cancel()
         watching?.cancel()
-        sender.sync {}  // a pre-copy reads guest memory: done before the machine goes away
+        // A pre-copy reads guest memory, a part at a time as the last is written: stopped, and the
+        // part being read finished, before the machine goes away.
+        seeder.stop()
+        sender.sync {}
         link.stop()
     }
 
