@@ -18,9 +18,15 @@ guests: setup
 build: setup
 	$(SWIFT) build $(BUILD_FLAGS) --build-tests
 
+# The whole suite once per engine: every machine a test starts, in-process or as a real
+# process, runs on UNDERSTUDY_ENGINE; tests that restore or replay a checkpoint do it on the other.
+ENGINES ?= wasmtime wasmkit
 test: build guests
-	UNDERSTUDY_BIN=$(CURDIR)/$(BIN) UNDERSTUDY_GUESTS=$(CURDIR)/guests/build \
-		$(SWIFT) test $(BUILD_FLAGS) --skip-build
+	@for engine in $(ENGINES); do \
+		echo "make test: the suite on $$engine"; \
+		UNDERSTUDY_ENGINE=$$engine UNDERSTUDY_BIN=$(CURDIR)/$(BIN) UNDERSTUDY_GUESTS=$(CURDIR)/guests/build \
+			$(SWIFT) test $(BUILD_FLAGS) --skip-build || exit 1; \
+	done
 
 demo: build guests
 	scripts/demo.sh $(BIN)

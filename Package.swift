@@ -1,9 +1,16 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
+
+// Where setup installs wasmtime's wheel (scripts/setup.sh): baked into the build as the library's
+// default path, as an rpath would be. The library is opened at run time, so a build without it
+// still has the WasmKit engine.
+let wasmtimeLibrary = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent(".build-python/wasmtime/linux-x86_64/_libwasmtime.so").path
 
 // Layers, one direction of dependency:
 //   UnderstudyCore (values, the world seam; no engine)
-//   → UnderstudyMachine (WasmKit, devices, module preparation)
+//   → UnderstudyMachine (the engines: WasmKit, and wasmtime through CWasmtime; devices, module preparation)
 //   UnderstudyEventLog (Core only: the world's answers as a log, record and replay)
 //   → UnderstudyCheckpoint (Machine + EventLog: checkpoints, recordings, replay verification)
 //   UnderstudyReplication (Core + EventLog only, never WasmKit: wire protocol, modes)
@@ -25,12 +32,13 @@ let package = Package(
     ],
     targets: [
         .target(name: "CUnderstudyHost"),
+        .target(name: "CWasmtime", cSettings: [.define("UNDERSTUDY_WASMTIME_DEFAULT", to: "\"\(wasmtimeLibrary)\"")]),
         .systemLibrary(name: "CCompression", path: "Sources/CCompression"),
         .target(name: "UnderstudyCore", dependencies: ["CUnderstudyHost"]),
         .target(
             name: "UnderstudyMachine",
             dependencies: [
-                "UnderstudyCore",
+                "UnderstudyCore", "CWasmtime",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

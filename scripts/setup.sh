@@ -29,3 +29,10 @@ if ! PYTHONPATH="$python_dir" python3 -c 'import redis, sys; sys.exit(redis.__ve
     echo "setup: installing redis-py 8.1.0 into $python_dir"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$python_dir" redis==8.1.0
 fi
+
+# wasmtime's C API library (the compiling engine, `--engine wasmtime`), from PyPI's wheel into the
+# same directory; the build bakes its path in (Package.swift), and opens it at run time.
+if [ ! -f "$python_dir/wasmtime/linux-x86_64/_libwasmtime.so" ] || ! grep -qx "Version: 50.0.1" "$python_dir"/wasmtime-50.0.1.dist-info/METADATA 2>/dev/null; then
+    echo "setup: installing wasmtime 50.0.1 into $python_dir"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$python_dir" --upgrade --no-deps wasmtime==50.0.1
+fi

@@ -79,6 +79,7 @@ public struct PromotedPrimary {
                 metadata: [
                     "listen": "\(addresses.map(\.description).joined(separator: ","))", "mode": "\(promotion.mode)",
                     "generation": "\(promotion.generation)", "sinceDetectionMillis": "\((ContinuousClock.now - detected).milliseconds)",
+                    "engine": "\(GuestEngineKind.preferred.rawValue)",
                 ])
         }
         if let follower = promotion.follower {

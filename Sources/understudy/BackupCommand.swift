@@ -61,6 +61,8 @@ struct BackupCommand: ParsableCommand {
 
     @OptionGroup var metrics: MetricsOption
 
+    @OptionGroup var engine: EngineOption
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -78,6 +80,7 @@ struct BackupCommand: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "understudy.backup")
+        try engine.choose()
         let addresses = try ServiceAddress.listenAddresses(listen)
         let endpoint: MetricsEndpoint?
         do { endpoint = try metrics.address().map(MetricsEndpoint.init(address:)) } catch { throw failure(error) }

@@ -55,7 +55,7 @@ struct MachineLaunch {
                 "serving",
                 metadata: [
                     "guest": "\(URL(fileURLWithPath: module).lastPathComponent)", "module": "\(prepared.hash.prefix(16))",
-                    "listen": "\(listen.map(\.description).joined(separator: ","))",
+                    "listen": "\(listen.map(\.description).joined(separator: ","))", "engine": "\(configuration.engine.rawValue)",
                 ])
             let code: Int32
             do {

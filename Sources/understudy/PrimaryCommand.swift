@@ -81,6 +81,8 @@ struct PrimaryCommand: ParsableCommand {
 
     @OptionGroup var metrics: MetricsOption
 
+    @OptionGroup var engine: EngineOption
+
     @OptionGroup var logging: LoggingOptions
 
     @OptionGroup var guest: GuestOptions
@@ -128,6 +130,7 @@ struct PrimaryCommand: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "understudy.primary")
+        try engine.choose()
         let addresses = try ServiceAddress.listenAddresses(listen)
         do {
             let endpoint = try metrics.address().map(MetricsEndpoint.init(address:))
@@ -170,7 +173,7 @@ struct PrimaryCommand: ParsableCommand {
                 metadata: [
                     "guest": "\(name)", "module": "\(prepared.hash.prefix(16))", "mode": "\(mode)",
                     "listen": "\(addresses.map(\.description).joined(separator: ","))", "backup": "\(backup ?? "a standby registered in etcd")",
-                    "machine": "\(machineName)", "generation": "\(role.fencing.generation)",
+                    "machine": "\(machineName)", "generation": "\(role.fencing.generation)", "engine": "\(configuration.engine.rawValue)",
                 ])
             let code: Int32
             do {

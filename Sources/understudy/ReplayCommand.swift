@@ -24,6 +24,8 @@ struct ReplayCommand: ParsableCommand {
     @Option(name: .long, help: "Checkpoint sequence number to start from (default: the first).")
     var fromCheckpoint: Int?
 
+    @OptionGroup var engine: EngineOption
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -32,6 +34,7 @@ struct ReplayCommand: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "understudy.replay")
+        try engine.choose()
         let verifier = ReplayVerifier(directory: URL(fileURLWithPath: directory))
         do {
             let report = try verifier.replay(from: fromCheckpoint, verify: verify) { sequence in

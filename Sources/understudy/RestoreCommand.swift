@@ -35,6 +35,8 @@ struct RestoreCommand: ParsableCommand {
 
     @OptionGroup var metrics: MetricsOption
 
+    @OptionGroup var engine: EngineOption
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -42,6 +44,7 @@ struct RestoreCommand: ParsableCommand {
     }
 
     func run() throws {
+        try engine.choose()
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(
             module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.restore"), metrics: try metrics.address())

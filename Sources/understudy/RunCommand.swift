@@ -28,6 +28,8 @@ struct RunCommand: ParsableCommand {
 
     @OptionGroup var metrics: MetricsOption
 
+    @OptionGroup var engine: EngineOption
+
     @OptionGroup var logging: LoggingOptions
 
     @OptionGroup var guest: GuestOptions
@@ -38,6 +40,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        try engine.choose()
         let addresses = try ServiceAddress.listenAddresses(listen)
         let launch = MachineLaunch(
             module: module, listen: addresses, logger: logging.bootstrap(label: "understudy.run"), metrics: try metrics.address())

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import UnderstudyMachine
 
 @main
 struct Understudy: ParsableCommand {
@@ -32,3 +33,25 @@ struct LoggingOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+extension GuestEngineKind: ExpressibleByArgument {}
+
+/// `--engine`, for every command that runs a machine. The choice is this process's: a backup
+/// may run its machine on another engine than its primary does.
+struct EngineOption: ParsableArguments {
+    @Option(
+        name: .long,
+        help: "What runs the guest's code: wasmtime (compiled by Cranelift; needs wasmtime's library, which setup installs) or wasmkit (WasmKit's interpreter, always there). Default: UNDERSTUDY_ENGINE, else wasmtime where its library loads, else wasmkit.")
+    var engine: GuestEngineKind?
+
+    func validate() throws {
+        if let engine, let reason = engine.unavailability { throw ValidationError("--engine \(engine.rawValue): \(reason)") }
+    }
+
+    /// Makes the engine asked for this process's; returns the one machines will run on.
+    @discardableResult
+    func choose() throws -> GuestEngineKind {
+        if let engine { try GuestEngineKind.choose(engine) }
+        return GuestEngineKind.preferred
+    }
+}

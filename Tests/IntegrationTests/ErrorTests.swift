@@ -46,6 +46,23 @@ final class ErrorTests: XCTestCase {
             outcome.stderr)
     }
 
+    /// An engine whose library cannot be opened is refused with the reason, before anything
+    /// runs; without `--engine`, the same process falls back to WasmKit and serves.
+    func testAnEngineThatCannotLoadIsRefusedWithItsReason() throws {
+        let path = try module(
+            #"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32))) (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 4))))"#)
+        let missing = ["UNDERSTUDY_CACHE": Harness.cache, "UNDERSTUDY_WASMTIME_LIBRARY": "/nonexistent/_libwasmtime.so", "UNDERSTUDY_ENGINE": ""]
+        let refused = try Harness.run(try Harness.binary(), ["run", "--engine", "wasmtime", path], environment: missing)
+        XCTAssertEqual(refused.status, 64, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("--engine wasmtime: /nonexistent/_libwasmtime.so: cannot open shared object file"), refused.stderr)
+        let fallback = try Harness.run(try Harness.binary(), ["run", path], environment: missing)
+        XCTAssertEqual(fallback.status, 4, fallback.stderr)
+        XCTAssertTrue(fallback.stderr.contains("engine=wasmkit"), fallback.stderr)
+        let chosen = try Harness.understudy(["run", "--engine", "wasmkit", path])
+        XCTAssertEqual(chosen.status, 4, chosen.stderr)
+        XCTAssertTrue(chosen.stderr.contains("engine=wasmkit"), chosen.stderr)
+    }
+
     func testTrappingGuestGivesReasonAndNonZeroExit() throws {
         let path = try module(
             #"(module (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32))) (memory (export "memory") 1) (func (export "_start") (drop (call $yield)) (unreachable)))"#)

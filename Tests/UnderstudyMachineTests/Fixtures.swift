@@ -16,6 +16,11 @@ enum Fixtures {
 
     static func preparer() -> ModulePreparer { ModulePreparer(cacheDirectory: cache) }
 
+    /// The engine a test's machines run on (`UNDERSTUDY_ENGINE`: `make test` runs the suite on
+    /// each), and the one a checkpoint taken there is restored and replayed on.
+    static let engine = GuestEngineKind.preferred
+    static var otherEngine: GuestEngineKind { engine == .wasmkit ? .wasmtime : .wasmkit }
+
     static func guest(_ name: String) throws -> PreparedModule {
         let path = guests.appendingPathComponent("\(name).wasm").path
         guard FileManager.default.fileExists(atPath: path) else { throw MissingGuest(path: path) }

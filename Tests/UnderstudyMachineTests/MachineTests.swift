@@ -190,8 +190,9 @@ final class MachineTests: XCTestCase {
         XCTAssertTrue(String(decoding: world.sent, as: UTF8.self) == expected, "replies differ after heap growth")
     }
 
-    /// A machine restored from a captured state in a fresh instance continues where the first
-    /// one stopped: the keys written before the capture are read back through a new world.
+    /// A machine restored from a captured state in a fresh instance, on the other engine,
+    /// continues where the first one stopped: the keys written before the capture are read back
+    /// through a new world.
     func testRestoredMachineKeepsServing() throws {
         func command(_ words: String...) -> String {
             "*\(words.count)\r\n" + words.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()
@@ -213,7 +214,7 @@ final class MachineTests: XCTestCase {
         let second = ScriptedWorld(incoming: [Array(reads.utf8)], connection: .init(50), suspension: SuspensionRequest())
         let restored = try Machine(
             restoring: state, prepared: try Fixtures.guest("kv"), world: second, suspension: second.suspension,
-            configuration: MachineConfiguration(arguments: ["kv"], listenerCount: 1))
+            configuration: MachineConfiguration(arguments: ["kv"], listenerCount: 1, engine: Fixtures.otherEngine))
         _ = try restored.runScripted(second)
         XCTAssertEqual(
             String(decoding: second.sent, as: UTF8.self), "$7\r\nvalue-0\r\n$9\r\nvalue-299\r\n:42\r\n:301\r\n")

@@ -159,13 +159,14 @@ final class ReplayPropertyTests: XCTestCase {
         return RecordedRun(log: log, states: states, prepared: prepared)
     }
 
-    /// Replays `run` from its state `start` (or a damaged copy of it) in a fresh machine,
+    /// Replays `run` from its state `start` (or a damaged copy of it) in a fresh machine on the other engine,
     /// comparing each later recorded state when the replay reaches its log position.
     private func replay(_ run: RecordedRun, from start: Int, restoring state: MachineState) throws -> ReplayOutcome {
         let world = ReplayWorld(entries: run.log.entries, startingAt: Int(run.states[start].position))
+        // On the other engine: a state is plain values, and both engines compute the same ones.
         let machine = try Machine(
             restoring: state, prepared: run.prepared, world: world, suspension: SuspensionRequest(),
-            configuration: MachineConfiguration(arguments: [], listenerCount: 1))
+            configuration: MachineConfiguration(arguments: [], listenerCount: 1, engine: Fixtures.otherEngine))
         var outcome = ReplayOutcome()
         var next = start + 1
         struct Stop: Error {}

@@ -1,5 +1,3 @@
-import WasmKit
-
 /// Drives Binaryen's Asyncify instrumentation: unwinding the guest's whole stack into a buffer in
 /// its own linear memory, and rewinding it. The state is tracked host-side, because asking the
 /// guest (`asyncify_get_state`) on every host call doubled the cost of a call (DESIGN.md).
@@ -10,12 +8,12 @@ final class AsyncifyController {
         case rewinding
     }
 
-    private let startUnwindExport: Function
-    private let stopUnwindExport: Function
-    private let startRewindExport: Function
-    private let stopRewindExport: Function
+    private let startUnwindExport: GuestFunction
+    private let stopUnwindExport: GuestFunction
+    private let startRewindExport: GuestFunction
+    private let stopRewindExport: GuestFunction
     private let memory: GuestMemoryView
-    private let stackPointer: Global
+    private let stackPointer: GuestGlobal
     /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it. It is
     /// in memory only while an unwind or a rewind runs (Asyncify runs no guest code then that
     /// reads memory, nor a prologue or epilogue that moves the stack pointer): what it covers is
@@ -34,9 +32,9 @@ final class AsyncifyController {
     /// What the buffer covers while it is in memory.
     private var displaced: [UInt8] = []
 
-    init(instance: Instance, memory: GuestMemoryView, dataSize: UInt32) throws(MachineError) {
-        func export(_ name: String) throws(MachineError) -> Function {
-            guard let function = instance.exports[function: name] else {
+    init(instance: any GuestInstance, memory: GuestMemoryView, dataSize: UInt32) throws(MachineError) {
+        func export(_ name: String) throws(MachineError) -> GuestFunction {
+            guard let function = instance.function(name) else {
                 throw .instantiation("the prepared module lacks \(name): it was not Asyncify-instrumented")
             }
             return function
@@ -46,8 +44,9 @@ final class AsyncifyController {
         startRewindExport = try export("asyncify_start_rewind")
         stopRewindExport = try export("asyncify_stop_rewind")
         // wasm-ld makes the shadow-stack pointer the module's first global; preparation exported it.
-        guard let stackPointer = instance.exports[global: "__stack_pointer"]
-            ?? instance.exports[global: GlobalExporter.exportedGlobalPrefix + "0"]
+        let globals = instance.globals
+        guard let stackPointer = globals.first(where: { $0.name == "__stack_pointer" })
+            ?? globals.first(where: { $0.name == GlobalExporter.exportedGlobalPrefix + "0" })
         else { throw .instantiation("the guest has no shadow-stack pointer global (not built by clang/wasm-ld?)") }
         self.stackPointer = stackPointer
         self.memory = memory
@@ -56,18 +55,19 @@ final class AsyncifyController {
 
     func startUnwind() throws {
         precondition(state == .normal, "unwind started while \(state)")
-        guard case .i32(let pointer) = stackPointer.value else { throw MachineError.suspension("the shadow-stack pointer is not an i32") }
+        guard let value = stackPointer.read(), value.kind == .i32 else { throw MachineError.suspension("the shadow-stack pointer is not an i32") }
+        let pointer = UInt32(truncatingIfNeeded: value.bits)
         dataAddress = pointer >= dataSize + 16 ? (pointer - dataSize) & ~15 : 16
         displaced = try memory.bytes(at: dataAddress, count: dataSize)
         try memory.store(dataAddress + 8, at: dataAddress)
         try memory.store(dataAddress + dataSize, at: dataAddress + 4)
-        try startUnwindExport.invoke([.i32(dataAddress)])
+        try startUnwindExport.invoke([dataAddress])
         state = .unwinding
     }
 
     func stopUnwind() throws {
         precondition(state == .unwinding, "unwind stopped while \(state)")
-        try stopUnwindExport.invoke()
+        try stopUnwindExport.invoke([])
         state = .normal
         let used = try memory.load(UInt32.self, at: dataAddress)
         guard used >= dataAddress + 8, used <= dataAddress + dataSize else {
@@ -92,13 +92,13 @@ final class AsyncifyController {
         }
         displaced = try memory.bytes(at: dataAddress, count: UInt32(unwoundStack.count))
         try memory.store(bytes: unwoundStack, at: dataAddress)
-        try startRewindExport.invoke([.i32(dataAddress)])
+        try startRewindExport.invoke([dataAddress])
         state = .rewinding
     }
 
     func stopRewind() throws {
         precondition(state == .rewinding, "rewind stopped while \(state)")
-        try stopRewindExport.invoke()
+        try stopRewindExport.invoke([])
         state = .normal
         try putBack()
         unwoundStack = []

@@ -1,9 +1,5 @@
 import Metrics
-import Synchronization
 import UnderstudyCore
-// `Store.resourceLimiter` is public behind this SPI in WasmKit 0.4.2: the one way to fail a
-// guest's `memory.grow` past the machine's limit.
-@_spi(Fuzzing) import WasmKit
 
 public struct MachineConfiguration: Sendable {
     /// argv as the guest sees it, argv[0] included.
@@ -20,6 +16,9 @@ public struct MachineConfiguration: Sendable {
     /// fails (the guest's malloc returns NULL), a module whose initial memory exceeds it is
     /// refused. It also bounds what a checkpoint of this machine can weigh on the wire.
     public var memoryLimitBytes: UInt64
+    /// What runs the guest's code. Not part of the machine's state: either engine restores what
+    /// the other saved.
+    public var engine: GuestEngineKind
 
     public static let pageBytes: UInt64 = 65_536
     /// All that wasm32 can address.
@@ -28,7 +27,8 @@ public struct MachineConfiguration: Sendable {
 
     public init(
         arguments: [String], environment: [String] = [], listenerCount: Int,
-        suspendAtEveryBlock: Bool = false, unwindBufferBytes: UInt32 = 16_384, memoryLimitBytes: UInt64 = defaultMemoryLimit
+        suspendAtEveryBlock: Bool = false, unwindBufferBytes: UInt32 = 16_384, memoryLimitBytes: UInt64 = defaultMemoryLimit,
+        engine: GuestEngineKind = .preferred
     ) {
         self.arguments = arguments
         self.environment = environment
@@ -36,6 +36,7 @@ public struct MachineConfiguration: Sendable {
         self.suspendAtEveryBlock = suspendAtEveryBlock
         self.unwindBufferBytes = unwindBufferBytes
         self.memoryLimitBytes = memoryLimitBytes
+        self.engine = engine
     }
 
     /// Why `bytes` cannot be a machine's memory limit, or nil.
@@ -47,22 +48,6 @@ public struct MachineConfiguration: Sendable {
     }
 }
 
-/// Denies every `memory.grow` past the machine's limit. Tables are the module's business.
-private final class MemoryLimiter: ResourceLimiter {
-    let limitBytes: UInt64
-    /// The first size refused: says why an instantiation failed.
-    let denied = Mutex<Int?>(nil)
-    init(limitBytes: UInt64) { self.limitBytes = limitBytes }
-    func limitMemoryGrowth(to desired: Int) throws -> Bool {
-        guard UInt64(desired) <= limitBytes else {
-            denied.withLock { $0 = $0 ?? desired }
-            return false
-        }
-        return true
-    }
-    func limitTableGrowth(to desired: Int) throws -> Bool { true }
-}
-
 public struct SuspensionStatistics: Sendable {
     public var count = 0
     /// Suspend → handled → resumed, as the guest experiences it.
@@ -70,19 +55,18 @@ public struct SuspensionStatistics: Sendable {
     public var maxPauseNanos: UInt64 = 0
 }
 
-/// A running guest with its devices. Confined to the thread that calls `run()`: WasmKit's
+/// A running guest with its devices. Confined to the thread that calls `run()`: the engines'
 /// objects are not Sendable, so only values (state, statistics) ever leave it.
 public final class Machine {
     public let configuration: MachineConfiguration
     public let prepared: PreparedModule
-    private let store: Store
-    private let instance: Instance
+    private let instance: any GuestInstance
     private let host: WASIHost
     private let asyncify: AsyncifyController
     private let suspension: SuspensionRequest
-    private let memory: Memory
-    /// Every exported global, by name: looked up once, read at every checkpoint (in the pause).
-    private let exportedGlobals: [(name: String, global: Global)]
+    /// Every exported global, sorted by name: looked up once, read at every checkpoint (in the pause).
+    private let exportedGlobals: [GuestGlobal]
+    private let globalsByName: [String: GuestGlobal]
     private var unwindStartedAt: ContinuousClock.Instant?
     /// Set while the guest's stack is unwound in memory and `run()` must rewind, not start.
     private var resumesSuspendedGuest = false
@@ -103,28 +87,14 @@ public final class Machine {
         self.prepared = prepared
         self.suspension = suspension
         if let problem = MachineConfiguration.problem(withMemoryLimit: configuration.memoryLimitBytes) { throw .instantiation(problem) }
-        let engine = Engine(configuration: EngineConfiguration(memoryBoundsChecking: .mprotect))
-        store = Store(engine: engine)
-        let limiter = MemoryLimiter(limitBytes: configuration.memoryLimitBytes)
-        store.resourceLimiter = limiter
         host = WASIHost(
             world: world, listenerCount: configuration.listenerCount,
             arguments: configuration.arguments, environment: configuration.environment)
-        do {
-            instance = try prepared.module.instantiate(store: store, imports: host.imports(store: store))
-        } catch {
-            if let denied = limiter.denied.withLock({ $0 }) {
-                throw .instantiation("the guest's initial memory (\(denied) bytes) exceeds its memory limit (\(configuration.memoryLimitBytes) bytes)")
-            }
-            throw .instantiation("\(error)")
-        }
-        guard let memory = instance.exports[memory: "memory"] else { throw .instantiation("the guest exports no memory") }
-        self.memory = memory
-        exportedGlobals = instance.exports.compactMap { name, value -> (name: String, global: Global)? in
-            if case .global(let global) = value { return (name, global) }
-            return nil
-        }.sorted { $0.name < $1.name }
-        let view = GuestMemoryView(memory: memory)
+        instance = try GuestEngines.instantiate(
+            prepared, on: configuration.engine, hostFunctions: host.hostFunctions(), memoryLimitBytes: configuration.memoryLimitBytes)
+        exportedGlobals = instance.globals.sorted { $0.name < $1.name }
+        globalsByName = Dictionary(instance.globals.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let view = GuestMemoryView(instance: instance)
         host.installedMemory = view
         asyncify = try AsyncifyController(instance: instance, memory: view, dataSize: configuration.unwindBufferBytes)
         host.suspension = self
@@ -132,14 +102,14 @@ public final class Machine {
 
     /// Runs the guest until it exits; returns its exit code.
     public func run() throws(MachineError) -> Int32 {
-        guard let start = instance.exports[function: "_start"] else { throw .instantiation("the guest exports no _start") }
+        guard let start = instance.function("_start") else { throw .instantiation("the guest exports no _start") }
         while true {
             do {
                 if resumesSuspendedGuest {
                     resumesSuspendedGuest = false
                     try asyncify.startRewind()
                 }
-                _ = try start.invoke()
+                try start.invoke([])
             } catch let exit as GuestExit {
                 return Int32(bitPattern: exit.code)
             } catch let error as MachineError {
@@ -177,14 +147,14 @@ public final class Machine {
     /// (suspended, or restored and not yet run).
     public func withLinearMemory<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
         precondition(isStill, "linear memory read while the guest runs")
-        return try memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount, body)
+        return try instance.withMemory { try body(UnsafeRawBufferPointer($0)) }
     }
 
     /// The guest's linear memory, writable: an active-mode sync repairs blocks in place. Only
     /// while the guest is still.
     public func withMutableLinearMemory<T>(_ body: (UnsafeMutableRawBufferPointer) throws -> T) rethrows -> T {
         precondition(isStill, "linear memory written while the guest runs")
-        return try memory.withUnsafeMutableBufferPointer(offset: 0, count: memory.byteCount, body)
+        return try instance.withMemory(body)
     }
 
     /// Replaces globals and devices with `state`'s (its memory is not read), growing memory to
@@ -199,7 +169,7 @@ public final class Machine {
     /// The machine's complete state. Only while suspended: from `onSuspended`.
     public func captureState() throws(MachineError) -> MachineState {
         var state = try captureStateExceptMemory()
-        state.memory = memory.withUnsafeBufferPointer(offset: 0, count: memory.byteCount) { Array($0) }
+        state.memory = instance.withMemory { Array($0) }
         return state
     }
 
@@ -207,7 +177,7 @@ public final class Machine {
     /// straight out of `withLinearMemory`. Only while suspended.
     public func captureStateExceptMemory() throws(MachineError) -> MachineState {
         guard isSuspended else { throw .suspension("state can only be captured while the guest is suspended") }
-        let globals = exportedGlobals.compactMap { MachineState.GlobalState(name: $0.name, value: $0.global.value) }
+        let globals = exportedGlobals.compactMap { $0.read() }
         return MachineState(
             memory: [], globals: globals, descriptors: host.descriptors, unwindDataAddress: asyncify.dataAddress,
             unwoundStack: asyncify.unwoundStack)
@@ -226,7 +196,7 @@ public final class Machine {
     private func restore(_ state: MachineState) throws(MachineError) {
         try adoptGlobals(state.globals, memoryBytes: state.memory.count)
         state.memory.withUnsafeBytes { saved in
-            memory.withUnsafeMutableBufferPointer(offset: 0, count: saved.count) { $0.copyMemory(from: saved) }
+            instance.withMemory { UnsafeMutableRawBufferPointer(rebasing: $0[0..<saved.count]).copyMemory(from: saved) }
         }
         host.descriptors = state.descriptors
         asyncify.adoptUnwoundStack(at: state.unwindDataAddress, stack: state.unwoundStack)
@@ -236,22 +206,17 @@ public final class Machine {
     /// Grows memory to `memoryBytes` and sets every global to its saved value.
     private func adoptGlobals(_ globals: [MachineState.GlobalState], memoryBytes: Int) throws(MachineError) {
         let pageSize = 65_536
-        guard memoryBytes % pageSize == 0, memoryBytes >= memory.byteCount else {
-            throw .instantiation("the saved memory (\(memoryBytes) bytes) does not fit this machine's \(memory.byteCount)")
+        let byteCount = instance.memoryByteCount
+        guard memoryBytes % pageSize == 0, memoryBytes >= byteCount else {
+            throw .instantiation("the saved memory (\(memoryBytes) bytes) does not fit this machine's \(byteCount)")
         }
-        do {
-            let missingPages = (memoryBytes - memory.byteCount) / pageSize
-            if missingPages > 0 { _ = try MemoryGrower.grow(memory, by: UInt32(missingPages), store: store) }
-            for global in globals {
-                guard case .global(let target) = instance.exports[global.name] else {
-                    throw MachineError.instantiation("the saved global \(global.name) is not in this module")
-                }
-                if target.value != global.value { try target.assign(global.value) }
+        let missingPages = (memoryBytes - byteCount) / pageSize
+        if missingPages > 0 { _ = try instance.growMemory(by: UInt32(missingPages)) }
+        for global in globals {
+            guard let target = globalsByName[global.name] else {
+                throw MachineError.instantiation("the saved global \(global.name) is not in this module")
             }
-        } catch let error as MachineError {
-            throw error
-        } catch {
-            throw .instantiation("cannot restore the saved state: \(error)")
+            if target.read() != global { try target.write(global) }
         }
     }
 }

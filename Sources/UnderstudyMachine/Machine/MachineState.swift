@@ -1,5 +1,4 @@
 import UnderstudyCore
-import WasmKit
 
 /// The complete state of a suspended machine, as plain values: what a checkpoint carries.
 /// Memory, every exported global (preparation exported all mutable ones), the devices' state,
@@ -37,26 +36,6 @@ public struct MachineState: Equatable, Sendable {
             self.name = name
             self.kind = kind
             self.bits = bits
-        }
-
-        init?(name: String, value: Value) {
-            self.name = name
-            switch value {
-            case .i32(let v): (kind, bits) = (.i32, UInt64(v))
-            case .i64(let v): (kind, bits) = (.i64, v)
-            case .f32(let v): (kind, bits) = (.f32, UInt64(v))
-            case .f64(let v): (kind, bits) = (.f64, v)
-            default: return nil  // references and vectors: no C guest keeps them in globals
-            }
-        }
-
-        var value: Value {
-            switch kind {
-            case .i32: return .i32(UInt32(truncatingIfNeeded: bits))
-            case .i64: return .i64(bits)
-            case .f32: return .f32(UInt32(truncatingIfNeeded: bits))
-            case .f64: return .f64(bits)
-            }
         }
     }
 }

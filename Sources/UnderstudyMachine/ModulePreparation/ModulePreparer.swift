@@ -51,11 +51,14 @@ public struct ModulePreparer {
     public var wasmOptPath: String?
 
     public init(cacheDirectory: URL? = nil, wasmOptPath: String? = nil) {
-        let environment = ProcessInfo.processInfo.environment
-        self.cacheDirectory = cacheDirectory
-            ?? environment["UNDERSTUDY_CACHE"].map { URL(fileURLWithPath: $0) }
+        self.cacheDirectory = cacheDirectory ?? Self.defaultCacheDirectory
+        self.wasmOptPath = wasmOptPath ?? ProcessInfo.processInfo.environment["UNDERSTUDY_WASM_OPT"] ?? Self.findOnPath("wasm-opt")
+    }
+
+    /// `UNDERSTUDY_CACHE`, else `~/.cache/understudy`: prepared modules, and wasmtime's compiled ones.
+    public static var defaultCacheDirectory: URL {
+        ProcessInfo.processInfo.environment["UNDERSTUDY_CACHE"].map { URL(fileURLWithPath: $0) }
             ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/understudy")
-        self.wasmOptPath = wasmOptPath ?? environment["UNDERSTUDY_WASM_OPT"] ?? Self.findOnPath("wasm-opt")
     }
 
     public func prepare(path: String) throws(ModulePreparationError) -> PreparedModule {
@@ -192,7 +195,7 @@ public struct ModulePreparer {
         }
     }
 
-    private static func writeReplacing(_ url: URL, _ bytes: [UInt8]) throws {
+    static func writeReplacing(_ url: URL, _ bytes: [UInt8]) throws {
         let temporary = url.deletingLastPathComponent()
             .appendingPathComponent(".\(url.lastPathComponent).\(ProcessInfo.processInfo.processIdentifier).tmp")
         do {

@@ -56,6 +56,15 @@ struct WasmBinaryReader {
         }
     }
 
+    /// The initial size of the module's own first memory, or nil when it defines none.
+    static func initialMemoryBytes(of bytes: [UInt8]) throws(Failure) -> UInt64? {
+        guard let section = try sections(of: bytes).first(where: { $0.id == 5 }) else { return nil }
+        var reader = WasmBinaryReader(bytes, offset: section.payload.lowerBound)
+        guard try reader.uleb() > 0 else { return nil }
+        _ = try reader.byte()  // flags: whether a maximum follows, shared, 64-bit
+        return try reader.uleb() * 65_536
+    }
+
     mutating func byte() throws(Failure) -> UInt8 {
         guard offset < bytes.count else { throw .truncated(at: offset) }
         defer { offset += 1 }

@@ -1,14 +1,11 @@
-import WasmKit
-
 /// Bounds-checked access to the guest's linear memory for host calls. A guest pointer is input:
-/// a bad one is the guest's bug and gets EFAULT, never a host crash (WasmKit's own accessors
-/// trap the process on out-of-bounds).
+/// a bad one is the guest's bug and gets EFAULT, never a host crash.
 struct GuestMemoryView {
-    let memory: Memory
+    let instance: any GuestInstance
 
     func checked(_ address: UInt32, _ count: UInt32) throws(WASIErrno) -> UInt {
         let end = UInt64(address) + UInt64(count)
-        guard end <= UInt64(memory.byteCount) else { throw .fault }
+        guard end <= UInt64(instance.memoryByteCount) else { throw .fault }
         return UInt(address)
     }
 
@@ -16,8 +13,8 @@ struct GuestMemoryView {
         at address: UInt32, count: UInt32, _ body: (UnsafeMutableRawBufferPointer) throws(WASIErrno) -> T
     ) throws(WASIErrno) -> T {
         let offset = try checked(address, count)
-        let result: Result<T, WASIErrno> = memory.withUnsafeMutableBufferPointer(offset: offset, count: Int(count)) {
-            buffer in
+        let result: Result<T, WASIErrno> = instance.withMemory { memory in
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: memory[Int(offset)..<Int(offset) + Int(count)])
             do throws(WASIErrno) { return .success(try body(buffer)) } catch { return .failure(error) }
         }
         return try result.get()

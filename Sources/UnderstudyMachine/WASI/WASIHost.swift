@@ -1,5 +1,4 @@
 import UnderstudyCore
-import WasmKit
 
 /// Thrown by `proc_exit`: unwinds the engine back to the machine's run loop.
 struct GuestExit: Error {
@@ -45,28 +44,25 @@ final class WASIHost {
         self.environment = environment
     }
 
-    /// Builds the import object for `store`, one host function per offered name.
-    func imports(store: Store) -> Imports {
-        var imports = Imports()
-        for (name, signature) in WASIImportTable.signatures {
+    /// One host function per offered name, for the engine to import.
+    func hostFunctions() -> [HostFunction] {
+        WASIImportTable.signatures.map { name, signature in
             let body = implementation(of: name)
-            let function = Function(store: store, parameters: signature.parameters, results: signature.results) {
-                [unowned self] _, parameters, results in
+            return HostFunction(module: WASIImportTable.moduleName, name: name, parameters: signature.parameters, results: signature.results) {
+                [unowned self] arguments in
                 let errno: WASIErrno
                 do {
-                    errno = try body(parameters)
+                    errno = try body(arguments)
                 } catch let error as WASIErrno {
                     errno = error
                 }
                 if let reason = self.world.haltReason { throw MachineError.halted(reason) }
-                if !results.isEmpty { results[0] = .i32(UInt32(errno.rawValue)) }
+                return UInt32(errno.rawValue)
             }
-            imports.define(module: WASIImportTable.moduleName, name: name, function)
         }
-        return imports
     }
 
-    private typealias Body = (UnsafeBufferPointer<Value>) throws -> WASIErrno
+    private typealias Body = (HostCallArguments) throws -> WASIErrno
 
     private func implementation(of name: String) -> Body {
         switch name {
@@ -193,16 +189,5 @@ final class WASIHost {
         case .stdin, .console: break
         }
         return .success
-    }
-}
-
-extension UnsafeBufferPointer where Element == Value {
-    /// The i32 parameter at `index`, as WASI passes pointers, lengths and descriptors.
-    fileprivate func u32(_ index: Int) -> UInt32 {
-        switch self[index] {
-        case .i32(let value): return value
-        case .i64(let value): return UInt32(truncatingIfNeeded: value)
-        default: return 0
-        }
     }
 }

@@ -1,11 +1,9 @@
-import WasmKit
-
 /// The `wasi_snapshot_preview1` functions a machine offers, with their signatures. A guest
 /// importing anything else is refused at preparation, naming the import.
 enum WASIImportTable {
     static let moduleName = "wasi_snapshot_preview1"
 
-    static let signatures: [String: (parameters: [ValueType], results: [ValueType])] = [
+    static let signatures: [String: (parameters: [GuestValueType], results: [GuestValueType])] = [
         "args_get": ([.i32, .i32], [.i32]),
         "args_sizes_get": ([.i32, .i32], [.i32]),
         "environ_get": ([.i32, .i32], [.i32]),

@@ -2,7 +2,7 @@ import WasmKit
 
 /// WasmKit has no public `memory.grow`; this tiny module imports a memory and grows it, so a
 /// restored machine gets back the memory size its guest had grown to.
-enum MemoryGrower {
+enum WasmKitMemoryGrower {
     private static let module: [UInt8] = [
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
         0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f,  // type: (i32) -> i32
