@@ -113,7 +113,7 @@ struct BackupCommand: ParsableCommand {
             let bound = try blocking(on: group) {
                 try await service.listen(on: address, security: replicationSecurity, heartbeat: timing, group: group)
             }
-            logger.notice("waiting for a primary", metadata: ["replication": "\(bound)"])
+            logger.notice("waiting for a primary", metadata: ["replication": "\(bound)", "engine": "\(GuestEngineKind.preferred.rawValue)"])
         } catch {
             throw failure(error)
         }

@@ -40,6 +40,34 @@ final class ActiveModeTests: XCTestCase {
         XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["GET", "after-the-repair"]), "kept")
     }
 
+    /// The two sides of a pair may run different engines (each process chooses its own): an
+    /// active pair with the primary on one and the backup on the other computes the same states,
+    /// so whole-state verified syncs find nothing to repair under load; then the backup takes
+    /// over with what the primary acknowledged.
+    func testAPairOnTwoEnginesComputesTheSameStates() throws {
+        let backupMetrics = Harness.freePort()
+        let pair = try ProtectedPair(
+            "kv", mode: "active",
+            primaryOptions: ["--engine", Harness.engine, "--verify-syncs", "--sync-every", "20ms"],
+            backupOptions: ["--engine", Harness.otherEngine, "--metrics", "127.0.0.1:\(backupMetrics)"])
+        defer { pair.stop() }
+        XCTAssertTrue(pair.primary.output.contains("engine=\(Harness.engine)"), pair.primary.output)
+        let load = try ClientProcess(
+            "redis-benchmark", ["-p", "\(pair.servicePort)", "-t", "set,incr", "-r", "100000", "-n", "10000000", "-c", "4", "-q"])
+        defer { load.stop() }
+        try Harness.waitUntil("twenty verified syncs:\n\(pair.backup.output)") {
+            try metric("understudy_sync_verified", port: backupMetrics) >= 20
+        }
+        load.stop()
+        XCTAssertEqual(try metric("understudy_sync_verification_failures", port: backupMetrics), 0)
+        XCTAssertEqual(try metric("understudy_sync_divergences", port: backupMetrics), 0, pair.backup.output)
+
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["SET", "engines", "two"]), "OK")
+        try pair.killPrimaryAndWaitForTakeover { port in (try? Harness.run("redis-cli", ["-p", "\(port)", "PING"]).stdout.hasPrefix("PONG")) ?? false }
+        XCTAssertTrue(pair.backup.output.contains("engine=\(Harness.otherEngine)"), pair.backup.output)
+        XCTAssertEqual(try Harness.redisCLI(pair.servicePort, ["GET", "engines"]), "two")
+    }
+
     func testActiveFlagsAreCheckedWithAReason() throws {
         let kv = try Harness.guest("kv")
         let cases: [([String], String)] = [

@@ -99,6 +99,10 @@ enum Harness {
         var stderr: String
     }
 
+    /// The engine the suite's machines run on (`make test` runs it on each), and the other one.
+    static let engine = ProcessInfo.processInfo.environment["UNDERSTUDY_ENGINE"].flatMap { $0.isEmpty ? nil : $0 } ?? "wasmtime"
+    static var otherEngine: String { engine == "wasmkit" ? "wasmtime" : "wasmkit" }
+
     /// Runs a program to completion (a client like redis-cli, or understudy expected to fail);
     /// one that has not finished after `timeoutSeconds` is killed and the test fails with its output.
     @discardableResult
