@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -21,6 +22,24 @@ int understudy_ppoll(struct pollfd *fds, unsigned long count, int64_t timeout_na
     if (timeout_nanos < 0) return ppoll(fds, count, NULL, NULL);
     struct timespec timeout = {.tv_sec = timeout_nanos / 1000000000, .tv_nsec = timeout_nanos % 1000000000};
     return ppoll(fds, count, &timeout, NULL);
+}
+
+int understudy_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int understudy_epoll_set(int epoll, int operation, int fd, uint32_t events) {
+    struct epoll_event event = {.events = events, .data = {.fd = fd}};
+    return epoll_ctl(epoll, operation, fd, &event);
+}
+
+int understudy_epoll_wait(int epoll, int *fds, uint32_t *events, int capacity, int64_t timeout_nanos) {
+    struct epoll_event ready[capacity];
+    struct timespec timeout = {.tv_sec = timeout_nanos / 1000000000, .tv_nsec = timeout_nanos % 1000000000};
+    int count = epoll_pwait2(epoll, ready, capacity, timeout_nanos < 0 ? NULL : &timeout, NULL);
+    for (int index = 0; index < count; index++) {
+        fds[index] = ready[index].data.fd;
+        events[index] = ready[index].events;
+    }
+    return count;
 }
 
 int understudy_getrandom(void *buffer, size_t length) {

@@ -12,6 +12,12 @@
 int understudy_accept_nonblocking(int listener);
 // ppoll with a nanosecond timeout; timeout_nanos < 0 waits without limit.
 int understudy_ppoll(struct pollfd *fds, unsigned long count, int64_t timeout_nanos);
+// epoll, whose `struct epoll_event` is packed (Swift cannot lay it out): a close-on-exec epoll
+// descriptor; EPOLL_CTL_ADD/DEL/MOD (1, 2, 3) of `fd` for `events`; and a wait with a nanosecond
+// timeout (< 0: none) filling up to `capacity` ready descriptors and their events. -1 and errno.
+int understudy_epoll_create(void);
+int understudy_epoll_set(int epoll, int operation, int fd, uint32_t events);
+int understudy_epoll_wait(int epoll, int *fds, uint32_t *events, int capacity, int64_t timeout_nanos);
 // Fills the buffer from the kernel's entropy pool; returns 0, or -1 with errno set.
 int understudy_getrandom(void *buffer, size_t length);
 // A non-blocking, close-on-exec pipe.

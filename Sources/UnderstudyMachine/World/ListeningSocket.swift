@@ -4,11 +4,14 @@ import UnderstudyCore
 public enum ListenError: Error, CustomStringConvertible, Equatable {
     case unresolvable(ServiceAddress)
     case failed(ServiceAddress, step: String, reason: String)
+    /// The kernel gave no epoll descriptor to wait with.
+    case noReadiness(reason: String)
 
     public var description: String {
         switch self {
         case .unresolvable(let address): return "cannot listen on \(address): not a numeric IPv4 or IPv6 address"
         case .failed(let address, let step, let reason): return "cannot listen on \(address): \(step) failed: \(reason)"
+        case .noReadiness(let reason): return "cannot wait for connections: epoll_create1 failed: \(reason)"
         }
     }
 }

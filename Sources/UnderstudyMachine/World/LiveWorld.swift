@@ -9,6 +9,7 @@ public final class LiveWorld: MachineWorld {
     private var connections: [ConnectionID: Int32] = [:]
     private var nextConnection: UInt64 = 1
     private let suspension: SuspensionRequest
+    private let readiness: DescriptorReadiness
     /// A descriptor that, when readable, ends a wait with no readiness (`.ready([])`) so the
     /// world wrapping this one can act (deliver output the backup has just acknowledged). The
     /// wrapper drains it; -1 for none.
@@ -17,6 +18,7 @@ public final class LiveWorld: MachineWorld {
     /// Opens every listener now, so a taken port is reported before the guest starts.
     public init(listening addresses: [ServiceAddress], suspension: SuspensionRequest) throws(ListenError) {
         self.suspension = suspension
+        readiness = try DescriptorReadiness()
         // A peer or a console that went away must cost an EPIPE, never the host process.
         signal(SIGPIPE, SIG_IGN)
         var opened: [Int32] = []
@@ -107,12 +109,14 @@ public final class LiveWorld: MachineWorld {
 
     public func close(connection: ConnectionID) {
         guard let fd = connections.removeValue(forKey: connection) else { return }
+        readiness.forget(fd)
         _ = Glibc.close(fd)
     }
 
     /// The guest closed its listener: stop accepting, so clients are refused instead of queued.
     public func close(listener: ListenerID) {
         guard listener.index < listeners.count, listeners[listener.index] >= 0 else { return }
+        readiness.forget(listeners[listener.index])
         _ = Glibc.close(listeners[listener.index])
         listeners[listener.index] = -1
     }
@@ -127,42 +131,51 @@ public final class LiveWorld: MachineWorld {
     /// byte is drained and the wait starts again, rather than spinning on a readable pipe.
     private func pollOnce(_ interests: [PollInterest], timeoutNanos: UInt64?) -> PollOutcome? {
         if suspension.isPending { return .interrupted }
-        var descriptors = interests.map { interest -> pollfd in
-            var events: Int16 = 0
-            if interest.readable { events |= Int16(POLLIN) }
-            if interest.writable { events |= Int16(POLLOUT) }
-            return pollfd(fd: descriptor(of: interest.target), events: events, revents: 0)
+        var asked = interests.map { interest -> (fd: Int32, events: UInt32) in
+            (descriptor(of: interest.target),
+             (interest.readable ? DescriptorReadiness.readable : 0) | (interest.writable ? DescriptorReadiness.writable : 0))
         }
-        descriptors.append(pollfd(fd: suspension.wakeDescriptor, events: Int16(POLLIN), revents: 0))
-        descriptors.append(pollfd(fd: outputWakeDescriptor, events: Int16(POLLIN), revents: 0))
+        asked.append((suspension.wakeDescriptor, DescriptorReadiness.readable))
+        if outputWakeDescriptor >= 0 { asked.append((outputWakeDescriptor, DescriptorReadiness.readable)) }
         // A connection this world has no socket for is reported hung up at once (see `receive`).
         let orphaned = interests.indices.filter { index in
             if case .connection(let id) = interests[index].target { return connections[id] == nil }
             return false
         }
         let timeout = orphaned.isEmpty ? timeoutNanos.map { Int64(clamping: $0) } ?? -1 : 0
-        var count = Int(understudy_ppoll(&descriptors, UInt(descriptors.count), timeout))
-        if suspension.isPending { return .interrupted }
-        if count < 0 {
-            let code = errno
-            return code == EINTR ? nil : .failed(errno: code)
+        let events: ArraySlice<(fd: Int32, events: UInt32)>
+        switch readiness.wait(for: asked, timeoutNanos: timeout) {
+        case .success(let ready): events = ready
+        case .failure(let failure):
+            if suspension.isPending { return .interrupted }
+            return failure.errno == EINTR ? nil : .failed(errno: failure.errno)
         }
-        if descriptors[interests.count].revents != 0 {
+        if suspension.isPending { return .interrupted }
+        var count = events.count
+        let staleWakeup = events.contains { $0.fd == suspension.wakeDescriptor }
+        if staleWakeup {
             suspension.drainStaleWakeups()
             count -= 1
         }
-        if descriptors[interests.count + 1].revents != 0 && orphaned.isEmpty && count == 1 { return .ready([]) }
-        if count == 0 && orphaned.isEmpty { return descriptors[interests.count].revents != 0 ? nil : .timedOut }
-        for index in orphaned { descriptors[index].revents = Int16(POLLIN | POLLHUP) }
+        let outputWoken = outputWakeDescriptor >= 0 && events.contains { $0.fd == outputWakeDescriptor }
+        if outputWoken && orphaned.isEmpty && count == 1 { return .ready([]) }
+        if count == 0 && orphaned.isEmpty { return staleWakeup ? nil : .timedOut }
         var ready: [PollReadiness] = []
-        for index in interests.indices where descriptors[index].revents != 0 {
-            let revents = Int32(descriptors[index].revents)
+        for index in interests.indices {
+            if orphaned.contains(index) {
+                ready.append(PollReadiness(interest: index, readable: true, writable: false, hangup: true))
+                continue
+            }
+            let fd = asked[index].fd
+            guard fd >= 0, let happened = events.first(where: { $0.fd == fd })?.events else { continue }
+            // As poll(2) reports it: what was asked for, and a hangup or error whatever was asked.
+            let trouble = happened & (DescriptorReadiness.hungUp | DescriptorReadiness.failed)
+            let reported = happened & asked[index].events | trouble
+            guard reported != 0 else { continue }
             ready.append(
                 PollReadiness(
-                    interest: index,
-                    readable: revents & Int32(POLLIN) != 0,
-                    writable: revents & Int32(POLLOUT) != 0,
-                    hangup: revents & (Int32(POLLHUP) | Int32(POLLERR) | Int32(POLLNVAL)) != 0))
+                    interest: index, readable: reported & DescriptorReadiness.readable != 0,
+                    writable: reported & DescriptorReadiness.writable != 0, hangup: trouble != 0))
         }
         return .ready(ready)
     }
