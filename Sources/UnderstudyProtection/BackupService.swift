@@ -78,6 +78,9 @@ public final class BackupService: @unchecked Sendable {
         case afterModule = "after-module"
         /// Once seeded: a protecting backup that acknowledges nothing.
         case afterSeed = "after-seed"
+        /// At a handover: the generation is won, and the connection closed instead of saying
+        /// `takingOver` (as when it drops first): the primary learns of it from the generation.
+        case beforeTakingOver = "before-taking-over"
     }
     private let stall: StallPoint?
     private var stalled = false
@@ -165,7 +168,13 @@ public final class BackupService: @unchecked Sendable {
             lock.withLock { session?.ended = reason }
             return
         }
-        if let stall, stall == .afterSeed ? current.replica.canPromote : current.replica.prepared != nil {
+        let stalls: Bool
+        switch stall {
+        case .afterSeed: stalls = current.replica.canPromote
+        case .afterModule: stalls = current.replica.prepared != nil
+        case .beforeTakingOver, nil: stalls = false
+        }
+        if let stall, stalls {
             let first = lock.withLock { () -> Bool in
                 defer { stalled = true }
                 return !stalled
@@ -218,7 +227,15 @@ public final class BackupService: @unchecked Sendable {
             return plan
         }
         guard let plan else { return }
-        claim(plan, channel: channel) { generation in channel.writeAndFlush(WireMessage.takingOver(generation: generation), promise: nil) }
+        let withhold = stall == .beforeTakingOver
+        claim(plan, channel: channel) { [logger] generation in
+            guard !withhold else {
+                logger.warning("fault injection: the handover's generation won; closing instead of saying so")
+                channel.close(promise: nil)
+                return
+            }
+            channel.writeAndFlush(WireMessage.takingOver(generation: generation), promise: nil)
+        }
     }
 
     /// Log batches are acknowledged from two threads (the event loop, or the applier queue while

@@ -49,7 +49,7 @@ struct BackupCommand: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Test only: after-module (the seed never completes) or after-seed: from then on handle and acknowledge nothing, while still heartbeating.",
+            "Test only: after-module (the seed never completes) or after-seed: from then on handle and acknowledge nothing, while still heartbeating; before-taking-over: at a handover, win the generation and close the connection instead of saying so.",
             visibility: .hidden))
     var injectStall: BackupService.StallPoint?
 

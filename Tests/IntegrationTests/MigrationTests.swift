@@ -36,4 +36,25 @@ final class MigrationTests: XCTestCase {
             machine.stop()
         }
     }
+
+    /// The backup wins the handover's generation but its `takingOver` never arrives (the
+    /// connection drops first): the primary learns from the generation that it lost the role
+    /// to the backup it handed over to, delivers what the backup acknowledged, and the handover
+    /// ends as one (not as a primary standing down); the backup serves what was acknowledged.
+    func testAHandoverWhoseAnswerIsLostEndsThroughTheGeneration() throws {
+        let machine = try ServiceIPMachine("handover")
+        defer { machine.stop() }
+        let b = try machine.standby(on: "b", options: ["--inject-stall", "before-taking-over"])
+        let a = try machine.primary(on: "a", mode: "llm")
+        let load = try machine.load()
+        defer { load.stop() }
+        let outcome = try Harness.run(try Harness.binary(), ["migrate", machine.name, "--etcd", machine.etcd.endpoint], timeoutSeconds: 60)
+        XCTAssertEqual(outcome.status, 0, "\(outcome.stderr)\n\(a.output.suffix(2000))\n\(b.output.suffix(2000))")
+        try b.waitFor("closing instead of saying so")
+        try a.waitFor("handed the machine over")
+        XCTAssertFalse(a.output.contains("understudy: standing down"), a.output)
+        let before = load.highest
+        try Harness.waitUntil("INCRs acknowledged by the new primary") { load.highest > before + 10 }
+        try load.checkThroughServiceIP("llm")
+    }
 }

@@ -25,6 +25,9 @@ final class OutputRole: @unchecked Sendable {
     /// role's queue, taken on the machine's thread; guarded by `lock`.
     private let lock = NSLock()
     private var pendingHold: (generation: UInt64, backup: String?)?
+    /// A planned handover's part in standing down: true when a handover was under way and
+    /// finishes the process itself (the role was lost to the backup it was handed to).
+    var handoverFinishes: (@Sendable (_ reason: String) -> Bool)?
 
     init(
         holding: OutputHoldingWorld, link: BackupLink, recording: RecordingWorld?, suspension: SuspensionRequest, mode: ReplicationMode,
@@ -93,6 +96,7 @@ final class OutputRole: @unchecked Sendable {
     /// takes the exit for a death and its claim decides.
     private func standDown(_ reason: String) {
         holding.dropEverything()
+        if handoverFinishes?(reason) == true { return }
         beforeStandingDown()
         FileHandle.standardError.write(Data("understudy: standing down: \(reason)\n".utf8))
         afterStandingDown()

@@ -32,6 +32,10 @@ final class PlannedHandover: @unchecked Sendable {
     private let lock = NSLock()
     private var requested: MigrationRequest?
     private var answer: UInt64?
+    /// Set once `handover` is written: from then on a lost role is the handover done.
+    private var sent = false
+    /// Why the role was lost while the handover waited for the backup's answer.
+    private var lostRole: String?
     private let answered = DispatchSemaphore(value: 0)
 
     init(
@@ -62,6 +66,19 @@ final class PlannedHandover: @unchecked Sendable {
         answered.signal()
     }
 
+    /// The role's queue, standing down: true if a handover was under way. The backup won the
+    /// generation without its `takingOver` reaching here (the connection dropped first, say, when
+    /// a starved host missed heartbeats): what it acknowledged is its, so the handover is done and
+    /// the machine's thread, waiting for the answer, finishes it.
+    func roleLost(_ reason: String) -> Bool {
+        lock.withLock {
+            guard sent else { return false }
+            lostRole = reason
+            answered.signal()
+            return true
+        }
+    }
+
     /// The machine's thread, at a suspension: true if it was for a handover that did not happen
     /// (the guest resumes); a handover that happens ends the process.
     func suspended(_ machine: Machine) throws -> Bool {
@@ -82,11 +99,13 @@ final class PlannedHandover: @unchecked Sendable {
             try recording?.flush()
             position = holding.positionOfNextOutput()
         }
+        lock.withLock { sent = true }
         channel.writeAndFlush(WireMessage.handover(generation: role.fencing.generation, position: position), promise: nil)
         logger.notice("handing the machine over: its guest is stopped", metadata: ["position": "\(position)", "migration": "\(migration.id)"])
         guard answered.wait(timeout: .now() + .nanoseconds(Int(Self.patience.nanoseconds))) == .success,
-            let generation = lock.withLock({ answer })
+            let taken = lock.withLock({ answer.map { "\($0)" } ?? lostRole.map { "the next (\($0))" } })
         else {
+            lock.withLock { sent = false }
             logger.error("the backup did not take over in time; giving it up, and the generation decides who serves")
             link.refuse(channel, because: "the handover was not taken within \(Self.patience.milliseconds) ms")
             return true
@@ -96,7 +115,7 @@ final class PlannedHandover: @unchecked Sendable {
         logger.notice(
             "handed the machine over",
             metadata: [
-                "generation": "\(generation)", "stoppedMillis": "\((ContinuousClock.now - stopped).milliseconds)",
+                "generation": "\(taken)", "stoppedMillis": "\((ContinuousClock.now - stopped).milliseconds)",
                 "repliesDelivered": "\(delivered ? "all" : "not all within 2 s")",
             ])
         afterLeaving()

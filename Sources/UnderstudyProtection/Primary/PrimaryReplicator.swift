@@ -149,6 +149,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         output = OutputRole(
             holding: holding, link: link, recording: recording, suspension: suspension, mode: options.mode,
             beforeStandingDown: options.beforeStandingDown, afterStandingDown: options.afterLeavingRole, logger: logger)
+        output.handoverFinishes = { [handover] reason in handover.roleLost(reason) }
         metrics.protected.record(0)
     }
 

@@ -25,9 +25,9 @@ final class ServiceIPMachine {
     }
 
     /// `understudy backup` on `host`, once it has registered as a standby.
-    func standby(on host: String) throws -> UnderstudyProcess {
+    func standby(on host: String, options: [String] = []) throws -> UnderstudyProcess {
         let process = try UnderstudyProcess(
-            "backup on \(host)", ["backup", "--replication", "\(try Hosts.address(host)):\(replicationPort)"] + (try common),
+            "backup on \(host)", ["backup", "--replication", "\(try Hosts.address(host)):\(replicationPort)"] + (try common) + options,
             environment: ["UNDERSTUDY_WASM_OPT": "/nonexistent/wasm-opt"], host: host)
         processes.append(process)
         try process.waitFor("registered as a standby")
