@@ -146,16 +146,42 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
 
     private func deliverReleased(woken: Bool = false) {
         guard woken || wake.consume() else { return }
-        let released = withShared { shared -> [Output] in
-            defer { shared.released.removeAll(keepingCapacity: true) }
-            return shared.released
-        }
-        var touched: Set<ConnectionID> = []
+        var released: [Output] = []
+        withShared { swap(&released, &$0.released) }
+        // In order, each straight to its socket unless that connection already waits in the
+        // outbox: the usual reply leaves without touching the outbox at all.
         for output in released {
-            outbox[output.connection, default: []].append(output)
-            touched.insert(output.connection)
+            let connection = output.connection
+            if outbox[connection] != nil {
+                outbox[connection]!.append(output)
+            } else if let left = write(output) {
+                outbox[connection] = [left.output]
+                sentOfFirst[connection] = left.sent
+            }
         }
-        for connection in touched { flush(connection) }
+    }
+
+    /// Writes one output to an empty outbox's connection: nil when the kernel took all of it,
+    /// else what is left (a `.bytes` and how much of it went).
+    private func write(_ output: Output) -> (output: Output, sent: Int)? {
+        switch output {
+        case .bytes(let connection, let bytes):
+            let result = bytes.withUnsafeBytes { inner.send(connection: connection, bytes: $0) }
+            switch result {
+            case .done(let count) where count < bytes.count: return (output, count)
+            case .wouldBlock: return (output, 0)
+            case .done, .failed:
+                // A client that is gone learns nothing more; the guest learns it from its next receive.
+                bufferedBytes -= bytes.count
+                return nil
+            }
+        case .shutdown(let connection, let reading, let writing):
+            inner.shutdown(connection: connection, reading: reading, writing: writing)
+            return nil
+        case .close(let connection):
+            inner.close(connection: connection)
+            return nil
+        }
     }
 
     /// Writes what the kernel takes of `connection`'s outbox, in order.
