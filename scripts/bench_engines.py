@@ -64,7 +64,12 @@ def thread_nanos(pid):
                 nanos = int(handle.read().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             continue
-        group = "machine" if tid == str(pid) else re.sub(r"[-#]*\d+(-#\d+)?$", "", name) or name
+        if tid == str(pid):
+            group = "machine"
+        elif "qos" in name:  # Dispatch's workers (com.apple.root.*-qos*, cut to 15 characters)
+            group = "dispatch"
+        else:
+            group = re.sub(r"[-#]*\d+(-#\d+)?$", "", name) or name
         groups[group] = groups.get(group, 0) + nanos
     return groups
 
