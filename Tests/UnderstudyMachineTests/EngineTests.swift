@@ -59,13 +59,8 @@ final class EngineTests: XCTestCase {
     /// Memory stays where it was mapped while the guest grows it (the dirty tracker protects it in
     /// place): kv's heap grows several-fold under suspensions, and its base never moves.
     func testLinearMemoryNeverMovesAsItGrows() throws {
-        var script = ""
-        for index in 0..<3_000 {
-            script += "*3\r\n$3\r\nSET\r\n$\("k\(index)".utf8.count)\r\nk\(index)\r\n$1000\r\n\(String(repeating: "v", count: 1000))\r\n"
-        }
-        let bytes = Array(script.utf8)
-        let chunks = stride(from: 0, to: bytes.count, by: 16_384).map { Array(bytes[$0..<min($0 + 16_384, bytes.count)]) }
-        let world = ScriptedWorld(incoming: chunks, interruptEvery: 2, suspension: SuspensionRequest())
+        let world = ScriptedWorld(
+            incoming: Fixtures.setCommands(count: 3_000, valueBytes: 1_000, chunk: 16_384), interruptEvery: 2, suspension: SuspensionRequest())
         let machine = try Machine(
             prepared: try Fixtures.guest("kv"), world: world, suspension: world.suspension,
             configuration: MachineConfiguration(arguments: ["kv"], listenerCount: 1, engine: Fixtures.engine))

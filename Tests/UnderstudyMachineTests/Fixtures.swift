@@ -21,6 +21,17 @@ enum Fixtures {
     static let engine = GuestEngineKind.preferred
     static var otherEngine: GuestEngineKind { engine == .wasmkit ? .wasmtime : .wasmkit }
 
+    /// `count` RESP SETs of `k0`, `k1`, … to values of `valueBytes` "v"s, cut into chunks of `chunk`
+    /// bytes as a client's segments would arrive.
+    static func setCommands(count: Int, valueBytes: Int, chunk: Int) -> [[UInt8]] {
+        var script = ""
+        for index in 0..<count {
+            script += "*3\r\n$3\r\nSET\r\n$\("k\(index)".utf8.count)\r\nk\(index)\r\n$\(valueBytes)\r\n\(String(repeating: "v", count: valueBytes))\r\n"
+        }
+        let bytes = Array(script.utf8)
+        return stride(from: 0, to: bytes.count, by: chunk).map { Array(bytes[$0..<min($0 + chunk, bytes.count)]) }
+    }
+
     static func guest(_ name: String) throws -> PreparedModule {
         let path = guests.appendingPathComponent("\(name).wasm").path
         guard FileManager.default.fileExists(atPath: path) else { throw MissingGuest(path: path) }

@@ -227,13 +227,8 @@ final class MachineTests: XCTestCase {
     func testKernelAndHashingTrackersAgreeOnChangedPages() throws {
         let kernel = try UserfaultDirtyTracker()
         var hashing = HashingDirtyTracker()
-        var script = ""
-        for index in 0..<1_500 {
-            script += "*3\r\n$3\r\nSET\r\n$\("k\(index)".utf8.count)\r\nk\(index)\r\n$64\r\n\(String(repeating: "v", count: 64))\r\n"
-        }
-        let bytes = Array(script.utf8)
-        let chunks = stride(from: 0, to: bytes.count, by: 2_048).map { Array(bytes[$0..<min($0 + 2_048, bytes.count)]) }
-        let world = ScriptedWorld(incoming: chunks, interruptEvery: 2, suspension: SuspensionRequest())
+        let world = ScriptedWorld(
+            incoming: Fixtures.setCommands(count: 1_500, valueBytes: 64, chunk: 2_048), interruptEvery: 2, suspension: SuspensionRequest())
         let machine = try machine("kv", world)
         var changedTotal = 0
         var reportedTotal = 0

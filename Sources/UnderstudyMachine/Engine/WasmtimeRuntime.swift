@@ -116,22 +116,20 @@ final class WasmtimeRuntime: @unchecked Sendable {
 
     /// An error's message; the error is consumed.
     func message(of error: OpaquePointer) -> String {
-        var text = wasm_byte_vec_t()
-        api.wasmtime_error_message(error, &text)
-        defer {
-            api.wasm_byte_vec_delete(&text)
-            api.wasmtime_error_delete(error)
-        }
-        return Self.oneLine(text)
+        message { api.wasmtime_error_message(error, &$0) } release: { api.wasmtime_error_delete(error) }
     }
 
     /// A trap's message; the trap is consumed.
     func message(ofTrap trap: OpaquePointer) -> String {
+        message { api.wasm_trap_message(trap, &$0) } release: { api.wasm_trap_delete(trap) }
+    }
+
+    private func message(_ fill: (inout wasm_byte_vec_t) -> Void, release: () -> Void) -> String {
         var text = wasm_byte_vec_t()
-        api.wasm_trap_message(trap, &text)
+        fill(&text)
         defer {
             api.wasm_byte_vec_delete(&text)
-            api.wasm_trap_delete(trap)
+            release()
         }
         return Self.oneLine(text)
     }
