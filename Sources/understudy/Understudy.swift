@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import UnderstudyMachine
 
@@ -46,6 +47,13 @@ struct EngineOption: ParsableArguments {
 
     func validate() throws {
         if let engine, let reason = engine.unavailability { throw ValidationError("--engine \(engine.rawValue): \(reason)") }
+        // An engine named in the environment that is not one would otherwise be passed over in silence.
+        if engine == nil, let named = ProcessInfo.processInfo.environment["UNDERSTUDY_ENGINE"], !named.isEmpty {
+            guard let kind = GuestEngineKind(rawValue: named) else {
+                throw ValidationError("UNDERSTUDY_ENGINE=\(named): not an engine (wasmtime or wasmkit)")
+            }
+            if let reason = kind.unavailability { throw ValidationError("UNDERSTUDY_ENGINE=\(named): \(reason)") }
+        }
     }
 
     /// Makes the engine asked for this process's; returns the one machines will run on.

@@ -61,6 +61,9 @@ final class ErrorTests: XCTestCase {
         let chosen = try Harness.understudy(["run", "--engine", "wasmkit", path])
         XCTAssertEqual(chosen.status, 4, chosen.stderr)
         XCTAssertTrue(chosen.stderr.contains("engine=wasmkit"), chosen.stderr)
+        let misnamed = try Harness.run(try Harness.binary(), ["run", path], environment: ["UNDERSTUDY_CACHE": Harness.cache, "UNDERSTUDY_ENGINE": "v8"])
+        XCTAssertEqual(misnamed.status, 64, misnamed.stderr)
+        XCTAssertTrue(misnamed.stderr.contains("UNDERSTUDY_ENGINE=v8: not an engine (wasmtime or wasmkit)"), misnamed.stderr)
     }
 
     func testTrappingGuestGivesReasonAndNonZeroExit() throws {
