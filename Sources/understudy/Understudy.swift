@@ -48,18 +48,17 @@ struct EngineOption: ParsableArguments {
     func validate() throws {
         if let engine, let reason = engine.unavailability { throw ValidationError("--engine \(engine.rawValue): \(reason)") }
         // An engine named in the environment that is not one would otherwise be passed over in silence.
-        if engine == nil, let named = ProcessInfo.processInfo.environment["UNDERSTUDY_ENGINE"], !named.isEmpty {
+        let variable = GuestEngineKind.environmentVariable
+        if engine == nil, let named = ProcessInfo.processInfo.environment[variable], !named.isEmpty {
             guard let kind = GuestEngineKind(rawValue: named) else {
-                throw ValidationError("UNDERSTUDY_ENGINE=\(named): not an engine (wasmtime or wasmkit)")
+                throw ValidationError("\(variable)=\(named): not an engine (wasmtime or wasmkit)")
             }
-            if let reason = kind.unavailability { throw ValidationError("UNDERSTUDY_ENGINE=\(named): \(reason)") }
+            if let reason = kind.unavailability { throw ValidationError("\(variable)=\(named): \(reason)") }
         }
     }
 
-    /// Makes the engine asked for this process's; returns the one machines will run on.
-    @discardableResult
-    func choose() throws -> GuestEngineKind {
+    /// Makes the engine asked for this process's.
+    func choose() throws {
         if let engine { try GuestEngineKind.choose(engine) }
-        return GuestEngineKind.preferred
     }
 }

@@ -16,18 +16,23 @@ public enum GuestEngineKind: String, CaseIterable, Sendable {
     /// loads, else WasmKit. Each process chooses its own: a backup need not run its primary's.
     public static var preferred: GuestEngineKind {
         if let chosen = chosen.withLock({ $0 }) { return chosen }
-        if let named = ProcessInfo.processInfo.environment["UNDERSTUDY_ENGINE"], let kind = GuestEngineKind(rawValue: named) {
+        if let named = ProcessInfo.processInfo.environment[environmentVariable], let kind = GuestEngineKind(rawValue: named) {
             return kind
         }
         return WasmtimeRuntime.shared.map { _ in .wasmtime } ?? .wasmkit
     }
 
+    public static let environmentVariable = "UNDERSTUDY_ENGINE"
     private static let chosen = Mutex<GuestEngineKind?>(nil)
 
     /// Makes `kind` the process's engine, or says in one line why it cannot run here.
     public static func choose(_ kind: GuestEngineKind) throws(MachineError) {
-        if let reason = kind.unavailability { throw .instantiation("the \(kind.rawValue) engine is unavailable: \(reason)") }
+        if let reason = kind.unavailability { throw unavailable(kind, reason) }
         chosen.withLock { $0 = kind }
+    }
+
+    static func unavailable(_ kind: GuestEngineKind, _ reason: String) -> MachineError {
+        .instantiation("the \(kind.rawValue) engine is unavailable: \(reason)")
     }
 
     /// Why this engine cannot run here, or nil.
@@ -116,7 +121,7 @@ enum GuestEngines {
             do {
                 runtime = try WasmtimeRuntime.load()
             } catch {
-                throw .instantiation("the wasmtime engine is unavailable: \(error.description)")
+                throw GuestEngineKind.unavailable(.wasmtime, error.description)
             }
             return try WasmtimeInstance(prepared, runtime: runtime, hostFunctions: hostFunctions, memoryLimitBytes: memoryLimitBytes)
         }

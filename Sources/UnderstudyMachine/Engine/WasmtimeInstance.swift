@@ -49,6 +49,9 @@ final class WasmtimeInstance: GuestInstance {
     private let context: OpaquePointer
     private var instance = wasmtime_instance_t()
     private var memory = wasmtime_memory_t()
+    /// Where memory starts: fixed for the instance's life (`memory_may_move` is off), so only its
+    /// size is asked of wasmtime at each access.
+    private var memoryBase: UnsafeMutablePointer<UInt8>?
     private let failure = HostFailure()
     private(set) var globals: [GuestGlobal] = []
 
@@ -92,6 +95,7 @@ final class WasmtimeInstance: GuestInstance {
             memoryExport.kind == UInt8(UNDERSTUDY_WASMTIME_EXTERN_MEMORY)
         else { throw .instantiation("the guest exports no memory") }
         memory = memoryExport.of.memory
+        memoryBase = api.wasmtime_memory_data(context, &memory)
         globals = exportedGlobals()
     }
 
@@ -179,8 +183,8 @@ final class WasmtimeInstance: GuestInstance {
     var memoryByteCount: Int { runtime.api.wasmtime_memory_data_size(context, &memory) }
 
     func withMemory<T>(_ body: (UnsafeMutableRawBufferPointer) throws -> T) rethrows -> T {
-        let base = runtime.api.wasmtime_memory_data(context, &memory)
-        return try body(UnsafeMutableRawBufferPointer(start: base, count: runtime.api.wasmtime_memory_data_size(context, &memory)))
+        assert(runtime.api.wasmtime_memory_data(context, &memory) == memoryBase, "wasmtime moved the guest's memory")
+        return try body(UnsafeMutableRawBufferPointer(start: memoryBase, count: memoryByteCount))
     }
 
     func growMemory(by pages: UInt32) throws(MachineError) -> UInt32 {

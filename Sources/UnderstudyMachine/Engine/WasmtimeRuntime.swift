@@ -81,7 +81,7 @@ final class WasmtimeRuntime: @unchecked Sendable {
         if module == nil {
             let error = prepared.bytes.withUnsafeBufferPointer { api.wasmtime_module_new(engine, $0.baseAddress, $0.count, &module) }
             if let error { throw .instantiation("wasmtime cannot compile the module: \(message(of: error))") }
-            write(module!, to: cached)
+            if let module { write(module, to: cached) }
         }
         guard let module else { throw .instantiation("wasmtime compiled no module") }
         let compiled = CompiledModule(pointer: module)
@@ -107,7 +107,7 @@ final class WasmtimeRuntime: @unchecked Sendable {
     /// A cache that cannot be written only costs the next start a compilation.
     private func write(_ module: OpaquePointer, to url: URL) {
         var serialized = wasm_byte_vec_t()
-        guard api.wasmtime_module_serialize(module, &serialized) == nil else { return }
+        if let error = api.wasmtime_module_serialize(module, &serialized) { return api.wasmtime_error_delete(error) }
         defer { api.wasm_byte_vec_delete(&serialized) }
         let bytes = Array(UnsafeBufferPointer(start: serialized.data, count: serialized.size))
         try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)

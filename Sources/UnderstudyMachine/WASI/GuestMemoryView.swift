@@ -12,9 +12,12 @@ struct GuestMemoryView {
     func withBytes<T>(
         at address: UInt32, count: UInt32, _ body: (UnsafeMutableRawBufferPointer) throws(WASIErrno) -> T
     ) throws(WASIErrno) -> T {
-        let offset = try checked(address, count)
+        // One look at the memory for both the bounds and the bytes: with wasmtime each is a call
+        // into the library, and host calls make several such accesses each.
         let result: Result<T, WASIErrno> = instance.withMemory { memory in
-            let buffer = UnsafeMutableRawBufferPointer(rebasing: memory[Int(offset)..<Int(offset) + Int(count)])
+            let end = UInt64(address) + UInt64(count)
+            guard end <= UInt64(memory.count) else { return .failure(.fault) }
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: memory[Int(address)..<Int(end)])
             do throws(WASIErrno) { return .success(try body(buffer)) } catch { return .failure(error) }
         }
         return try result.get()

@@ -154,22 +154,43 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
             let connection = output.connection
             if outbox[connection] != nil {
                 outbox[connection]!.append(output)
-            } else if let left = write(output) {
-                outbox[connection] = [left.output]
-                sentOfFirst[connection] = left.sent
+            } else if let sent = write(output, from: 0) {
+                outbox[connection] = [output]
+                sentOfFirst[connection] = sent
             }
         }
     }
 
-    /// Writes one output to an empty outbox's connection: nil when the kernel took all of it,
-    /// else what is left (a `.bytes` and how much of it went).
-    private func write(_ output: Output) -> (output: Output, sent: Int)? {
+    /// Writes what the kernel takes of `connection`'s outbox, in order.
+    private func flush(_ connection: ConnectionID) {
+        guard var queue = outbox[connection] else { return }
+        var sent = sentOfFirst[connection] ?? 0
+        while let first = queue.first {
+            if let partly = write(first, from: sent) {
+                sent = partly
+                break
+            }
+            queue.removeFirst()
+            sent = 0
+        }
+        if queue.isEmpty {
+            outbox[connection] = nil
+            sentOfFirst[connection] = nil
+        } else {
+            outbox[connection] = queue
+            sentOfFirst[connection] = sent
+        }
+    }
+
+    /// Writes `output` on, its first `sent` bytes already out: nil once it is done with, else how
+    /// much of it is out (the kernel took no more for now).
+    private func write(_ output: Output, from sent: Int) -> Int? {
         switch output {
         case .bytes(let connection, let bytes):
-            let result = bytes.withUnsafeBytes { inner.send(connection: connection, bytes: $0) }
+            let result = bytes.withUnsafeBytes { inner.send(connection: connection, bytes: UnsafeRawBufferPointer(rebasing: $0[sent...])) }
             switch result {
-            case .done(let count) where count < bytes.count: return (output, count)
-            case .wouldBlock: return (output, 0)
+            case .done(let count) where sent + count < bytes.count: return sent + count
+            case .wouldBlock: return sent
             case .done, .failed:
                 // A client that is gone learns nothing more; the guest learns it from its next receive.
                 bufferedBytes -= bytes.count
@@ -181,42 +202,6 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
         case .close(let connection):
             inner.close(connection: connection)
             return nil
-        }
-    }
-
-    /// Writes what the kernel takes of `connection`'s outbox, in order.
-    private func flush(_ connection: ConnectionID) {
-        guard var queue = outbox[connection] else { return }
-        var sent = sentOfFirst[connection] ?? 0
-        flushing: while let first = queue.first {
-            switch first {
-            case .bytes(_, let bytes):
-                let result = bytes.withUnsafeBytes { inner.send(connection: connection, bytes: UnsafeRawBufferPointer(rebasing: $0[sent...])) }
-                switch result {
-                case .done(let count):
-                    sent += count
-                    guard sent == bytes.count else { break flushing }
-                case .wouldBlock:
-                    break flushing
-                case .failed:
-                    // The client is gone; the guest learns it from its next receive.
-                    sent = bytes.count
-                }
-                bufferedBytes -= bytes.count
-                sent = 0
-            case .shutdown(_, let reading, let writing):
-                inner.shutdown(connection: connection, reading: reading, writing: writing)
-            case .close:
-                inner.close(connection: connection)
-            }
-            queue.removeFirst()
-        }
-        if queue.isEmpty {
-            outbox[connection] = nil
-            sentOfFirst[connection] = nil
-        } else {
-            outbox[connection] = queue
-            sentOfFirst[connection] = sent
         }
     }
 
