@@ -285,7 +285,7 @@ public final class BackupService: @unchecked Sendable {
         }
         guard ours else { return }
         logger.error("refusing the primary's session; it will seed again", metadata: ["reason": "\(reason)"])
-        channel.writeAndFlush(WireMessage.refusal(reason)).whenComplete { _ in channel.close(promise: nil) }
+        channel.close(after: .refusal(reason))
     }
 
     /// The applier queue: every message that arrived before the close has been applied.

@@ -88,6 +88,9 @@ final class ReplicationPeerTests: XCTestCase {
         // The fill may have cost the backup its place already (an ack timeout) and had it
         // seeded again: protected once more than now is the new backup's seed.
         let protections = pair.primary.output.components(separatedBy: "the machine is protected").count - 1
+        // Given up, it was told so: it never claimed the machine of a primary that lives (told by
+        // a close alone, it did, and when it won the primary stood down and reset the client).
+        XCTAssertFalse(pair.backup.output.contains("claiming the next generation"), "the backup took the primary for dead:\n\(pair.backup.output)")
         try pair.restartBackup()
         try pair.primary.waitFor("the machine is protected", times: protections + 1, seconds: 120)
         let primary = pair.primary.output

@@ -147,23 +147,19 @@ final class BackupLink: @unchecked Sendable {
             return [active, awaitingSeed].compactMap { $0 }
         }
         for channel in channels {
-            // Said so the backup does not take the exit of the guest for the death of its host;
-            // it goes out behind whatever is still queued, so the close waits for it (2 s at most).
-            let goodbye = channel.writeAndFlush(WireMessage.refusal("the primary is shutting down"))
-            let deadline = channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
-            goodbye.whenComplete { _ in
-                deadline.cancel()
-                channel.close(promise: nil)
-            }
-            _ = try? channel.closeFuture.wait()
+            // Said so the backup does not take the exit of the guest for the death of its host.
+            _ = try? channel.close(after: .refusal("the primary is shutting down")).wait()
         }
     }
 
     /// Ends a connection from this side, saying why: a backup told so does not take the close for
-    /// this primary's death (this primary goes on serving, and will seed a backup again).
+    /// this primary's death (this primary goes on serving, and will seed a backup again). The
+    /// connection is lost to this side at once, so its claim of the next generation is on its way
+    /// before the backup has read to the reason (a busy backup may take seconds).
     func refuse(_ channel: Channel, because reason: String) {
         logger.error("closing the replication connection", metadata: ["reason": "\(reason)"])
-        channel.writeAndFlush(WireMessage.refusal(reason)).whenComplete { _ in channel.close(promise: nil) }
+        lost(channel)
+        channel.close(after: .refusal(reason))
     }
 
     /// The event loop: the backup refused this primary.
@@ -173,7 +169,8 @@ final class BackupLink: @unchecked Sendable {
         channel.close(promise: nil)
     }
 
-    /// The event loop: the connection is gone (closed by the peer, a bad frame, or silence).
+    /// The connection is gone (closed by the peer, a bad frame, or silence: on the event loop) or
+    /// refused by this side (any thread). Once per connection.
     private func lost(_ channel: Channel) {
         let (wasActive, wasSeeded, wasProtecting, label) = lock.withLock { () -> (Bool, Bool, Bool, String) in
             if awaitingSeed === channel { awaitingSeed = nil }

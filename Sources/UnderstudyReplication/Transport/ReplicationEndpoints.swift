@@ -168,7 +168,7 @@ final class BackupHandshakeHandler: ChannelInboundHandler {
 
     private func refuse(_ reason: String, _ context: ChannelHandlerContext) {
         logger.warning("refusing a primary", metadata: ["reason": "\(reason)"])
-        context.writeAndFlush(wrapOutboundOut(.refusal(reason))).whenComplete { _ in context.close(promise: nil) }
+        context.channel.close(after: .refusal(reason))
     }
 }
 

@@ -39,7 +39,8 @@ public enum ReplicationSecurity: Sendable {
             var serverConfiguration = TLSConfiguration.makeServerConfigurationWithMTLS(
                 certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey), trustRoots: .certificates(roots))
             serverConfiguration.minimumTLSVersion = .tlsv13
-            // A connection is closed when its peer is judged gone (silent, or refused): waiting
+            // A connection is closed outright when its peer is judged gone (silent, or still
+            // open when a refusal's linger ends; `close(after:)` shuts the output first): waiting
             // for the peer's close_notify (5 s by default) would keep a paused primary's
             // connection open, and the backup's claim behind it, until the primary resumed.
             serverConfiguration.shutdownTimeout = Self.shutdownTimeout

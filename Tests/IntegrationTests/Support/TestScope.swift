@@ -63,8 +63,9 @@ final class TestScope: @unchecked Sendable {
         lock.withLock { processes.removeAll { $0 === process } }
     }
 
-    /// Kills what the test left running and removes what it left behind.
-    func end() {
+    /// Kills what the test left running and removes what it left behind. A failed test first
+    /// prints the end of every process's output: a failure in CI is read from that alone.
+    func end(failed: Bool = false) {
         let (running, made, undone) = lock.withLock {
             defer {
                 processes = []
@@ -73,7 +74,9 @@ final class TestScope: @unchecked Sendable {
             }
             return (processes, files, undos)
         }
+        let before = running.map { $0.terminationStatus.map { "exited \($0)" } ?? "running until the test ended" }
         running.forEach { $0.kill() }
+        if failed { zip(running, before).forEach { print($0.summary(ended: $1)) } }
         running.forEach { $0.discard() }
         made.forEach { try? FileManager.default.removeItem(at: $0) }
         undone.reversed().forEach { $0() }
@@ -97,7 +100,7 @@ private final class ScopeObserver: NSObject, XCTestObservation, @unchecked Senda
     let scope: TestScope
     init(scope: TestScope) { self.scope = scope }
 
-    func testCaseDidFinish(_ testCase: XCTestCase) { scope.end() }
+    func testCaseDidFinish(_ testCase: XCTestCase) { scope.end(failed: testCase.testRun.map { !$0.hasSucceeded } ?? false) }
 
     func testBundleDidFinish(_ testBundle: Bundle) {
         scope.endRun()
@@ -172,6 +175,11 @@ final class ChildProcess {
             usleep(10_000)
         }
         throw HarnessError.timedOut("\(name) never said '\(text)' (\(times)×):\n\(output)")
+    }
+
+    /// Who it was, how it ended and the end of what it said.
+    func summary(ended: String) -> String {
+        "--- \(name) \(arguments.prefix(12).joined(separator: " ")) (\(ended)); the end of its output:\n\(output.suffix(6000))\(errorOutput.suffix(2000))\n---"
     }
 
     /// Removes its files now (it must have exited) instead of at the end of the test.
