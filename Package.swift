@@ -40,6 +40,7 @@ let package = Package(
             dependencies: [
                 "UnderstudyCore", "CWasmtime",
                 .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WasmParser", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

@@ -120,7 +120,9 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(console, "line\nline\nline\n")
     }
 
-    /// The interpreter, WASI argv and console output against the same C built natively.
+    /// The engine, WASI argv and console output against the same C built natively, with the
+    /// guest suspended at every suspension point its preparation put in its loops (it makes no
+    /// host call while it computes: without them it could not be suspended until it printed).
     func testCPUGuestMatchesNativeBuild() throws {
         let printed = FileManager.default.temporaryDirectory.appendingPathComponent("native-cpu-\(UUID().uuidString).out")
         defer { try? FileManager.default.removeItem(at: printed) }
@@ -139,7 +141,14 @@ final class MachineTests: XCTestCase {
         let machine = try Machine(
             prepared: try Fixtures.guest("cpu"), world: world, suspension: world.suspension,
             configuration: MachineConfiguration(arguments: ["cpu", "1"], listenerCount: 0))
+        var suspensions = 0
+        machine.onSuspended = { _ in
+            suspensions += 1
+            world.suspension.request()
+        }
+        world.suspension.request()
         XCTAssertEqual(try machine.run(), 0)
+        XCTAssertGreaterThan(suspensions, 100, "the computing guest was not suspended while it computed")
         XCTAssertEqual(String(decoding: world.consoleOutput, as: UTF8.self), String(decoding: expected, as: UTF8.self))
         XCTAssertTrue(String(decoding: expected, as: UTF8.self).hasPrefix("cpu: result="))
     }

@@ -13,7 +13,8 @@ final class AsyncifyController {
     private let startRewindExport: GuestFunction
     private let stopRewindExport: GuestFunction
     private let memory: GuestMemoryView
-    private let stackPointer: GuestGlobal
+    /// nil for a guest without one (not built by wasm-ld): its buffer goes at the bottom of memory.
+    private let stackPointer: GuestGlobal?
     /// The buffer header (current, end) lives at `dataAddress`; the saved stack follows it. It is
     /// in memory only while an unwind or a rewind runs (Asyncify runs no guest code then that
     /// reads memory, nor a prologue or epilogue that moves the stack pointer): what it covers is
@@ -45,18 +46,19 @@ final class AsyncifyController {
         stopRewindExport = try export("asyncify_stop_rewind")
         // wasm-ld makes the shadow-stack pointer the module's first global; preparation exported it.
         let globals = instance.globals
-        guard let stackPointer = globals.first(where: { $0.name == "__stack_pointer" })
+        stackPointer = globals.first(where: { $0.name == "__stack_pointer" })
             ?? globals.first(where: { $0.name == GlobalExporter.exportedGlobalPrefix + "0" })
-        else { throw .instantiation("the guest has no shadow-stack pointer global (not built by clang/wasm-ld?)") }
-        self.stackPointer = stackPointer
         self.memory = memory
         self.dataSize = dataSize
     }
 
     func startUnwind() throws {
         precondition(state == .normal, "unwind started while \(state)")
-        guard let value = stackPointer.read(), value.kind == .i32 else { throw MachineError.suspension("the shadow-stack pointer is not an i32") }
-        let pointer = UInt32(truncatingIfNeeded: value.bits)
+        var pointer: UInt32 = 0
+        if let stackPointer {
+            guard let value = stackPointer.read(), value.kind == .i32 else { throw MachineError.suspension("the shadow-stack pointer is not an i32") }
+            pointer = UInt32(truncatingIfNeeded: value.bits)
+        }
         dataAddress = pointer >= dataSize + 16 ? (pointer - dataSize) & ~15 : 16
         displaced = try memory.bytes(at: dataAddress, count: dataSize)
         try memory.store(dataAddress + 8, at: dataAddress)

@@ -4,14 +4,13 @@
 enum GlobalExporter {
     static let exportedGlobalPrefix = "understudy.global."
 
-    private static let importSection: UInt8 = 2
     private static let globalSection: UInt8 = 6
     private static let exportSection: UInt8 = 7
     private static let globalKind: UInt8 = 3
 
     static func exportMutableGlobals(_ bytes: [UInt8]) throws(WasmBinaryReader.Failure) -> [UInt8] {
         let sections = try WasmBinaryReader.sections(of: bytes)
-        let importedGlobals = try countImportedGlobals(bytes, sections)
+        let importedGlobals = try WasmBinaryReader.importCounts(of: bytes, sections: sections).globals
         let mutable = try mutableGlobalIndices(bytes, sections, firstIndex: importedGlobals)
         guard let exports = sections.first(where: { $0.id == exportSection }) else {
             throw .unsupported("a module without exports (a WASI command exports _start)")
@@ -39,34 +38,6 @@ enum GlobalExporter {
         rewritten += WasmBinaryWriter.section(id: exportSection, payload: payload)
         rewritten += bytes[exports.range.upperBound...]
         return rewritten
-    }
-
-    private static func countImportedGlobals(
-        _ bytes: [UInt8], _ sections: [WasmBinaryReader.Section]
-    ) throws(WasmBinaryReader.Failure) -> UInt64 {
-        guard let imports = sections.first(where: { $0.id == importSection }) else { return 0 }
-        var reader = WasmBinaryReader(bytes, offset: imports.payload.lowerBound)
-        var globals: UInt64 = 0
-        for _ in 0..<(try reader.uleb()) {
-            _ = try reader.name()
-            _ = try reader.name()
-            switch try reader.byte() {
-            case 0: _ = try reader.uleb()  // function: type index
-            case 1:  // table: reftype, limits
-                _ = try reader.byte()
-                try reader.skipLimits()
-            case 2: try reader.skipLimits()  // memory
-            case 3:  // global: valtype, mutability
-                _ = try reader.byte()
-                _ = try reader.byte()
-                globals += 1
-            case 4:  // tag: attribute, type index
-                _ = try reader.byte()
-                _ = try reader.uleb()
-            case let kind: throw .unsupported("import kind \(kind)")
-            }
-        }
-        return globals
     }
 
     private static func mutableGlobalIndices(

@@ -5,8 +5,9 @@ import Glibc
 import UnderstudyCore
 import WasmKit
 
-/// A guest module made ready to run as a machine: Asyncify-instrumented over the host calls that
-/// can suspend, and with every mutable global exported.
+/// A guest module made ready to run as a machine: with suspension points in its loops
+/// (`SuspensionPoints`), Asyncify-instrumented over them and the host calls that can suspend, and
+/// with every mutable global exported.
 public struct PreparedModule: @unchecked Sendable {
     /// SHA-256 of the prepared bytes: what the backup checks in the handshake.
     public let hash: String
@@ -42,7 +43,7 @@ public enum ModulePreparationError: Error, CustomStringConvertible, Equatable {
 
 public struct ModulePreparer {
     /// Bumped whenever preparation changes what it produces, so stale cache entries are ignored.
-    static let preparationVersion = "understudy-prepare-2"
+    static let preparationVersion = "understudy-prepare-3"
     /// The proposals a module may use without saying so: WebAssembly 2.0's, which WasmKit runs
     /// (as does wasmtime). Not SIMD, threads or memory64, which WasmKit does not take by default.
     static let engineFeatures = ["bulk-memory", "sign-ext", "nontrapping-float-to-int", "mutable-globals", "multivalue", "reference-types"]
@@ -82,7 +83,13 @@ public struct ModulePreparer {
         let cached = cacheDirectory.appendingPathComponent("\(key).wasm")
         if let hit = cachedModule(at: cached) { return hit }
 
-        let asyncified = try asyncify(original, imports: blocking)
+        let counted: [UInt8]
+        do {
+            counted = try SuspensionPoints.insert(into: original)
+        } catch {
+            throw .invalid(reason: error.description)
+        }
+        let asyncified = try asyncify(counted, imports: blocking.map { "\(WASIImportTable.moduleName).\($0)" } + [SuspensionPoints.qualifiedName])
         let prepared: [UInt8]
         do {
             prepared = try GlobalExporter.exportMutableGlobals(asyncified)
@@ -102,8 +109,10 @@ public struct ModulePreparer {
         }
     }
 
-    static func checkInterface(_ module: Module) throws(ModulePreparationError) {
+    /// A prepared module also imports its suspension point.
+    static func checkInterface(_ module: Module, prepared: Bool = false) throws(ModulePreparationError) {
         for entry in module.imports {
+            if prepared, entry.module == SuspensionPoints.importModule, entry.name == SuspensionPoints.importName { continue }
             guard entry.module == WASIImportTable.moduleName, WASIImportTable.offered.contains(entry.name) else {
                 throw .unsupportedImport(module: entry.module, name: entry.name)
             }
@@ -113,6 +122,7 @@ public struct ModulePreparer {
         }
     }
 
+    /// `imports` are `module.name`.
     private func asyncify(_ bytes: [UInt8], imports: [String]) throws(ModulePreparationError) -> [UInt8] {
         guard let wasmOpt = wasmOptPath else {
             throw .asyncifyUnavailable("wasm-opt (Debian package binaryen) is not on PATH; set UNDERSTUDY_WASM_OPT")
@@ -122,7 +132,7 @@ public struct ModulePreparer {
         defer { try? FileManager.default.removeItem(at: scratch) }
         let input = scratch.appendingPathComponent("in.wasm")
         let output = scratch.appendingPathComponent("out.wasm")
-        let importList = imports.map { "\(WASIImportTable.moduleName).\($0)" }.joined(separator: ",")
+        let importList = imports.joined(separator: ",")
         // A module that names its features (clang's `target_features`) is taken at its word; one
         // that does not (AssemblyScript's) may use any the engine runs, and wasm-opt would
         // otherwise allow only the MVP's and refuse, say, `memory.fill`.
@@ -156,14 +166,14 @@ public struct ModulePreparer {
         let found = SHA256.hex(of: bytes)
         guard found == expected else { throw .hashMismatch(expected: expected, found: found) }
         let module = try parse(bytes)
-        try checkInterface(module)
+        try checkInterface(module, prepared: true)
         try checkPrepared(module)
         return PreparedModule(hash: found, bytes: bytes, module: module)
     }
 
     static func checkPrepared(_ module: Module) throws(ModulePreparationError) {
         let exports = Set(module.exports.map(\.name))
-        for name in ["asyncify_start_unwind", "asyncify_stop_unwind", "asyncify_start_rewind", "asyncify_stop_rewind"]
+        for name in ["asyncify_start_unwind", "asyncify_stop_unwind", "asyncify_start_rewind", "asyncify_stop_rewind", SuspensionPoints.budgetExport]
         where !exports.contains(name) {
             throw .notPrepared("it does not export \(name)")
         }

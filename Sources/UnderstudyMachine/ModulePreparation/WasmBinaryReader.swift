@@ -108,22 +108,57 @@ struct WasmBinaryReader {
 
     /// A constant expression, as found in global initialisers.
     mutating func skipConstantExpression() throws(Failure) {
-        while true {
-            let opcode = try byte()
-            switch opcode {
-            case 0x0b: return
-            case 0x41, 0x42: try skipLEB()  // i32.const, i64.const
-            case 0x43: try skip(4)  // f32.const
-            case 0x44: try skip(8)  // f64.const
-            case 0x23, 0xd2: _ = try uleb()  // global.get, ref.func
-            case 0xd0: _ = try byte()  // ref.null heaptype
-            case 0x6a, 0x6b, 0x6c, 0x7c, 0x7d, 0x7e: continue  // extended-const arithmetic
-            case 0xfd:  // v128.const
-                guard try uleb() == 12 else { throw .unsupported("SIMD opcode in a constant expression") }
-                try skip(16)
-            default: throw .unsupported("opcode 0x\(String(opcode, radix: 16)) in a constant expression")
+        while try byte() != 0x0b {
+            offset -= 1
+            try skipConstantInstruction()
+        }
+    }
+
+    /// One instruction of a constant expression, its `end` included.
+    mutating func skipConstantInstruction() throws(Failure) {
+        let opcode = try byte()
+        switch opcode {
+        case 0x0b: return
+        case 0x41, 0x42: try skipLEB()  // i32.const, i64.const
+        case 0x43: try skip(4)  // f32.const
+        case 0x44: try skip(8)  // f64.const
+        case 0x23, 0xd2: _ = try uleb()  // global.get, ref.func
+        case 0xd0: _ = try byte()  // ref.null heaptype
+        case 0x6a, 0x6b, 0x6c, 0x7c, 0x7d, 0x7e: return  // extended-const arithmetic
+        case 0xfd:  // v128.const
+            guard try uleb() == 12 else { throw .unsupported("SIMD opcode in a constant expression") }
+            try skip(16)
+        default: throw .unsupported("opcode 0x\(String(opcode, radix: 16)) in a constant expression")
+        }
+    }
+
+    /// How many functions and globals the module imports (their indices come before its own).
+    static func importCounts(of bytes: [UInt8], sections: [Section]) throws(Failure) -> (functions: UInt64, globals: UInt64) {
+        guard let imports = sections.first(where: { $0.id == 2 }) else { return (0, 0) }
+        var reader = WasmBinaryReader(bytes, offset: imports.payload.lowerBound)
+        var counts: (functions: UInt64, globals: UInt64) = (0, 0)
+        for _ in 0..<(try reader.uleb()) {
+            _ = try reader.name()
+            _ = try reader.name()
+            switch try reader.byte() {
+            case 0:  // function: type index
+                _ = try reader.uleb()
+                counts.functions += 1
+            case 1:  // table: reftype, limits
+                _ = try reader.byte()
+                try reader.skipLimits()
+            case 2: try reader.skipLimits()  // memory
+            case 3:  // global: valtype, mutability
+                _ = try reader.byte()
+                _ = try reader.byte()
+                counts.globals += 1
+            case 4:  // tag: attribute, type index
+                _ = try reader.byte()
+                _ = try reader.uleb()
+            case let kind: throw .unsupported("import kind \(kind)")
             }
         }
+        return counts
     }
 }
 
@@ -140,10 +175,20 @@ enum WasmBinaryWriter {
         return out
     }
 
-    static func name(_ text: String) -> [UInt8] {
-        let utf8 = Array(text.utf8)
-        return uleb(UInt64(utf8.count)) + utf8
+    static func sleb(_ value: Int64) -> [UInt8] {
+        var value = value
+        var out: [UInt8] = []
+        while true {
+            let byte = UInt8(value & 0x7f)
+            value >>= 7
+            if (value == 0 && byte & 0x40 == 0) || (value == -1 && byte & 0x40 != 0) { return out + [byte] }
+            out.append(byte | 0x80)
+        }
     }
+
+    static func name(_ text: String) -> [UInt8] { name(Array(text.utf8)) }
+
+    static func name(_ utf8: [UInt8]) -> [UInt8] { uleb(UInt64(utf8.count)) + utf8 }
 
     static func section(id: UInt8, payload: [UInt8]) -> [UInt8] {
         [id] + uleb(UInt64(payload.count)) + payload

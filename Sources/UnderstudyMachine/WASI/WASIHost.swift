@@ -44,9 +44,15 @@ final class WASIHost {
         self.environment = environment
     }
 
-    /// One host function per offered name, for the engine to import.
+    /// One host function per offered name, for the engine to import, and the suspension point.
     func hostFunctions() -> [HostFunction] {
-        WASIImportTable.signatures.map { name, signature in
+        let suspensionPoint = HostFunction(module: SuspensionPoints.importModule, name: SuspensionPoints.importName, parameters: [], results: []) {
+            [unowned self] _ in
+            _ = try self.enter(mayBlock: false)
+            if let reason = self.world.haltReason { throw MachineError.halted(reason) }
+            return 0
+        }
+        return [suspensionPoint] + WASIImportTable.signatures.map { name, signature in
             let body = implementation(of: name)
             return HostFunction(module: WASIImportTable.moduleName, name: name, parameters: signature.parameters, results: signature.results) {
                 [unowned self] arguments in
