@@ -34,10 +34,8 @@ enum SuspensionPoints {
         /// Where it goes in a module: by id, except that tags precede globals and the data count precedes code.
         var position: Int {
             switch self {
-            case .custom: return 0
-            case .type, .import, .function, .table, .memory: return Int(rawValue) * 2
-            case .tag: return 11
-            case .dataCount: return 19
+            case .tag: return Int(SectionID.global.rawValue) * 2 - 1
+            case .dataCount: return Int(SectionID.code.rawValue) * 2 - 1
             default: return Int(rawValue) * 2
             }
         }
@@ -49,10 +47,7 @@ enum SuspensionPoints {
         let typeCount = try section(.type).map { s throws(WasmBinaryReader.Failure) in try functionTypeCount(bytes, s) } ?? 0
         let imported = try WasmBinaryReader.importCounts(of: bytes, sections: sections)
         let definedGlobals = try section(.global).map { s throws(WasmBinaryReader.Failure) in try vectorCount(bytes, s) } ?? 0
-        var rewrite = Renumbering(
-            bytes: bytes, firstDefinedFunction: imported.functions, suspensionPoint: imported.functions,
-            budgetGlobal: imported.globals + definedGlobals, check: [])
-        rewrite.check = rewrite.makeCheck()
+        let rewrite = Renumbering(bytes: bytes, importedFunctions: imported.functions, budgetGlobal: imported.globals + definedGlobals)
 
         var out = Array(bytes[0..<8])
         var emitted = Set<SectionID>()
@@ -133,27 +128,29 @@ enum SuspensionPoints {
 /// The rewrite's indices, and the sections it renumbers.
 private struct Renumbering {
     let bytes: [UInt8]
-    /// Defined functions start here; each moves up by one.
-    let firstDefinedFunction: UInt64
-    /// The new import's function index (the first defined function's old one).
+    /// The new import's function index: the first defined function's old one. Defined functions
+    /// start there, and each moves up by one.
     let suspensionPoint: UInt64
     let budgetGlobal: UInt64
-    /// Inserted at every loop header.
-    var check: [UInt8]
+    /// Inserted at every loop header: when the budget is spent, refill it and call the suspension
+    /// point; then spend one. The refill comes first so that a suspension there, unwound and
+    /// rewound, resumes with it done.
+    let check: [UInt8]
 
-    func moved(_ function: UInt64) -> UInt64 { function >= firstDefinedFunction ? function + 1 : function }
-
-    /// When the budget is spent, refill it and call the suspension point; then spend one. The
-    /// refill comes first so that a suspension there, unwound and rewound, resumes with it done.
-    func makeCheck() -> [UInt8] {
+    init(bytes: [UInt8], importedFunctions: UInt64, budgetGlobal: UInt64) {
+        self.bytes = bytes
+        suspensionPoint = importedFunctions
+        self.budgetGlobal = budgetGlobal
         let get = [0x23] + WasmBinaryWriter.uleb(budgetGlobal)
         let set = [0x24] + WasmBinaryWriter.uleb(budgetGlobal)
         var check: [UInt8] = get + [0x45, 0x04, 0x40]  // global.get; i32.eqz; if (no result)
         check += [0x41] + WasmBinaryWriter.sleb(Int64(SuspensionPoints.budget)) + set
         check += [0x10] + WasmBinaryWriter.uleb(suspensionPoint) + [0x0b]  // call; end
         check += get + [0x41, 0x01, 0x6b] + set  // global.get; i32.const 1; i32.sub; global.set
-        return check
+        self.check = check
     }
+
+    func moved(_ function: UInt64) -> UInt64 { function >= suspensionPoint ? function + 1 : function }
 
     func importEntry(typeIndex: UInt64) -> [UInt8] {
         WasmBinaryWriter.name(SuspensionPoints.importModule) + WasmBinaryWriter.name(SuspensionPoints.importName) + [0x00]
