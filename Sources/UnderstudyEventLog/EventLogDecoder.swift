@@ -63,10 +63,32 @@ extension EventLogCodec {
 
     /// Decodes a run of records that starts at entry `first` (a stream chunk, issue 4).
     public static func decodeRecords(_ bytes: ArraySlice<UInt8>, first: UInt64) throws(EventLogError) -> [EventLogEntry] {
+        let (entries, damage) = decodeRecordPrefix(bytes, first: first)
+        if let damage { throw damage }
+        return entries
+    }
+
+    /// Decodes a run of records that starts at entry `first` up to the first that is damaged:
+    /// the entries before it, and what is wrong with it (nil if none is).
+    public static func decodeRecordPrefix(_ bytes: ArraySlice<UInt8>, first: UInt64) -> (entries: [EventLogEntry], damage: EventLogError?) {
         var records = RecordReader(reader: ByteReader(bytes), expected: first)
         var entries: [EventLogEntry] = []
-        while let entry = try records.next() { entries.append(entry) }
-        return entries
+        do {
+            while let entry = try records.next() { entries.append(entry) }
+        } catch {
+            return (entries, error)
+        }
+        return (entries, nil)
+    }
+
+    /// Checks a run of records that starts at entry `first` — each in sequence, whole, its checksum
+    /// right — without decoding a payload, and counts them: what a backup keeps as it arrives, to
+    /// decode only if it ever replays them.
+    public static func checkRecords(_ bytes: ArraySlice<UInt8>, first: UInt64) throws(EventLogError) -> Int {
+        var records = RecordReader(reader: ByteReader(bytes), expected: first)
+        var count = 0
+        while try records.nextRecord() != nil { count += 1 }
+        return count
     }
 }
 
@@ -75,6 +97,21 @@ private struct RecordReader {
     var expected: UInt64
 
     mutating func next() throws(EventLogError) -> EventLogEntry? {
+        guard let (sequence, type, payload) = try nextRecord() else { return nil }
+        do {
+            var body = ByteReader(payload)
+            let entry = try Self.decodePayload(type: type, &body, sequence: sequence)
+            guard body.isAtEnd else { throw EventLogError.malformed(entry: sequence, reason: "trailing bytes") }
+            return entry
+        } catch let error as EventLogError {
+            throw error
+        } catch {
+            throw EventLogError.malformed(entry: sequence, reason: "its payload is too short")
+        }
+    }
+
+    /// The next record's framing, checked (whole, checksum, sequence); its payload undecoded.
+    mutating func nextRecord() throws(EventLogError) -> (sequence: UInt64, type: UInt8, payload: ArraySlice<UInt8>)? {
         guard !reader.isAtEnd else { return nil }
         let start = reader.offset
         let sequence: UInt64
@@ -94,18 +131,8 @@ private struct RecordReader {
             throw EventLogError.truncated(entry: expected, offset: reader.bytes.endIndex)
         }
         guard sequence == expected else { throw EventLogError.outOfSequence(expected: expected, found: sequence, offset: start) }
-        let entry: EventLogEntry
-        do {
-            var body = ByteReader(payload)
-            entry = try Self.decodePayload(type: type, &body, sequence: sequence)
-            guard body.isAtEnd else { throw EventLogError.malformed(entry: sequence, reason: "trailing bytes") }
-        } catch let error as EventLogError {
-            throw error
-        } catch {
-            throw EventLogError.malformed(entry: sequence, reason: "its payload is too short")
-        }
         expected += 1
-        return entry
+        return (sequence, type, payload)
     }
 
     private static func decodePayload(type: UInt8, _ r: inout ByteReader, sequence: UInt64) throws -> EventLogEntry {

@@ -33,7 +33,7 @@ final class BackupReplica: @unchecked Sendable {
     /// Log records (and in `active` sync points) can be taken as they come: llm holds its log
     /// after the first consistent checkpoint, active once its machine follows it.
     var takesLogDirectly: Bool { lock.withLock { mode == .active ? follower != nil : log != nil } }
-    var heldEntryCount: Int { lock.withLock { log?.entries.count ?? 0 } }
+    var heldEntryCount: Int { lock.withLock { log?.entryCount ?? 0 } }
 
     /// How many service addresses this backup would take over (its `--listen`).
     let listenerCount: Int
@@ -148,9 +148,8 @@ final class BackupReplica: @unchecked Sendable {
 
     /// Under `lock`: the held log goes to the follower; it keeps no copy.
     private func handOver(to follower: ActiveFollower) {
-        guard var log, !log.entries.isEmpty else { return }
-        follower.log.append(log.entries)
-        try? log.checkpointApplied(at: log.end)  // cannot fail: the end is always within the log
+        guard var log, log.entryCount > 0 else { return }
+        follower.log.append(log.takeBatches())
         self.log = log
     }
 

@@ -29,8 +29,10 @@ public final class BackupService: @unchecked Sendable {
         /// How the primary protected the machine: how it is protected from here on.
         public var protection: ProtectionSettings
         public var state: MachineState
-        /// `llm`: the log after the state, to replay before going live.
-        public var log: [EventLogEntry]
+        /// `llm`: the log after the state, to replay before going live; decoded from `heldLog`
+        /// once the generation is won.
+        public var log: [EventLogEntry] = []
+        var heldLog: BackupLog?
         /// `active`: the machine already running, which goes live where it is.
         var follower: ActiveFollower?
         public var epoch: UInt64
@@ -315,7 +317,7 @@ public final class BackupService: @unchecked Sendable {
             let state = replica.state, replica.mode != .active || replica.follower != nil
         else { return nil }
         return Promotion(
-            mode: replica.mode, prepared: prepared, manifest: manifest, protection: protection, state: state, log: replica.log?.entries ?? [],
+            mode: replica.mode, prepared: prepared, manifest: manifest, protection: protection, state: state, heldLog: replica.log,
             follower: replica.follower, epoch: replica.epoch, detected: detected)
     }
 
@@ -348,9 +350,20 @@ public final class BackupService: @unchecked Sendable {
 
     /// The applier queue: the generation is won; the machine is this process's to serve.
     private func promote(_ plan: Promotion, generation: UInt64) {
+        var plan = plan
+        plan.generation = generation
+        if let held = plan.heldLog {
+            // Checked as it arrived, decoded only now: a record the primary checksummed but could not
+            // have meant ends the replay where it is.
+            let (entries, damage) = held.decodedEntries()
+            if let damage {
+                logger.error("the held log does not decode past entry \(held.start + UInt64(entries.count)): \(damage); replaying the \(entries.count) entries before it")
+            }
+            plan.log = entries
+            plan.heldLog = nil
+        }
         lock.withLock {
             promotion = plan
-            promotion?.generation = generation
             session = nil
         }
         metrics.failovers.increment()

@@ -20,9 +20,43 @@ final class BackupLogTests: XCTestCase {
         XCTAssertEqual(log.end, 6)
         try log.checkpointApplied(at: 3)
         XCTAssertEqual(log.start, 3)
-        XCTAssertEqual(log.entries, batch)
+        XCTAssertEqual(log.batches.count, 1, "the batch the checkpoint covers is let go")
+        XCTAssertEqual(log.decodedEntries().entries, batch)
         try log.checkpointApplied(at: 2)  // older than what is held: nothing to trim
         XCTAssertEqual(log.start, 3)
+        try log.checkpointApplied(at: 4)  // inside a batch: it is kept, its first entry is not replayed
+        XCTAssertEqual(log.entryCount, 2)
+        XCTAssertEqual(log.decodedEntries().entries, Array(batch[1...]))
+    }
+
+    func testAnActiveBackupTakesTheBatchesAndTheLogStartsOverAtItsEnd() throws {
+        var log = BackupLog(startingAt: 10)
+        try log.append(records: records(batch, first: 10), first: 10)
+        let taken = log.takeBatches()
+        XCTAssertEqual(taken.map(\.first), [10])
+        XCTAssertEqual(taken[0].entries(from: 11).entries, batch[1...])
+        XCTAssertEqual(log.start, 13)
+        XCTAssertEqual(log.end, 13)
+        XCTAssertEqual(log.entryCount, 0)
+    }
+
+    /// Records are checked as they arrive (framing, sequence, checksum) and decoded only when they
+    /// are replayed: a record whose checksum is right but whose payload is not an entry (a
+    /// primary's fault) is found then, and the entries before it are still replayed.
+    func testAWellChecksummedRecordThatDoesNotDecodeIsFoundWhenReplayed() throws {
+        var writer = ByteWriter()
+        EventLogCodec.append(.clock(.monotonic, 1), sequence: 0, to: &writer)
+        let start = writer.bytes.count
+        writer.u64(1)
+        writer.u8(99)  // no such entry type
+        writer.u32(0)
+        writer.u32(writer.bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[start...])) })
+        var log = BackupLog()
+        try log.append(records: writer.bytes, first: 0)
+        XCTAssertEqual(log.end, 2)
+        let decoded = log.decodedEntries()
+        XCTAssertEqual(decoded.entries, [.clock(.monotonic, 1)])
+        XCTAssertEqual(decoded.damage, .malformed(entry: 1, reason: "unknown entry type 99"))
     }
 
     func testAGapADamagedBatchOrACheckpointPastTheEndChangesNothing() throws {
@@ -38,6 +72,6 @@ final class BackupLogTests: XCTestCase {
         XCTAssertThrowsError(try log.checkpointApplied(at: 4)) { error in
             XCTAssertEqual(error as? BackupLog.Refusal, .checkpointBeyondLog(position: 4, end: 3))
         }
-        XCTAssertEqual(log.entries, batch)
+        XCTAssertEqual(log.decodedEntries().entries, batch)
     }
 }

@@ -60,7 +60,11 @@ final class ActiveFollower: @unchecked Sendable {
             let result = Result<Int32, Error> { try follow() }
             lock.withLock { outcome = result }
             if lock.withLock({ world == nil }) { ready.signal() }
-            if case .failure(let error) = result, !log.abandoned, lock.withLock({ promotedAt == nil }) {
+            let notPromoted = lock.withLock({ promotedAt == nil })
+            if let damage = log.damage, notPromoted {
+                logger.error("the backup's machine stopped following the primary", metadata: ["reason": "\(damage)"])
+                onDiverged("the primary's log does not decode: \(damage)")
+            } else if case .failure(let error) = result, !log.abandoned, notPromoted {
                 logger.error("the backup's machine stopped following the primary", metadata: ["reason": "\(error)"])
                 onDiverged("\(error)")
             }

@@ -8,6 +8,9 @@ import UnderstudyReplication
 /// before any entry at or after P (the primary sends it before it resumes its guest), so a
 /// machine stopped at P that finds entries past P knows no sync is coming there.
 ///
+/// Batches arrive checked but undecoded (`BackupLog`) and are decoded on the machine's thread as
+/// it reaches them, not on the connection's.
+///
 /// Ends in one of two ways: `finish()` (the backup is promoted: the machine replays what is left,
 /// then goes live) or `abandon()` (the session is over without a takeover: the machine halts).
 final class FollowedLog: EventLogSource, @unchecked Sendable {
@@ -15,6 +18,13 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     /// Position of `entries[0]`.
     private var base: Int
     private var entries: [EventLogEntry] = []
+    /// Batches after `entries`, not decoded yet, and how many entries they hold.
+    private var pending: [BackupLog.Batch] = []
+    private var pendingCount = 0
+    /// Why the log ended early: a batch that was checked as it arrived did not decode (the
+    /// machine halts as if the session were abandoned). Under `condition`.
+    private var damaged: EventLogError?
+    var damage: EventLogError? { condition.withLock { damaged } }
     private var syncs: [UInt64: SyncPoint] = [:]
     private var repairs: [UInt64: BlockPatch] = [:]
     private var ended = false
@@ -24,7 +34,12 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     /// The session ended without a takeover.
     var abandoned: Bool { condition.withLock { wasAbandoned } }
     /// The highest connection any entry so far accepted: a takeover numbers new ones above it.
-    var highestAccepted: UInt64 { condition.withLock { acceptedMost } }
+    var highestAccepted: UInt64 {
+        condition.withLock {
+            decode(through: nil)
+            return acceptedMost
+        }
+    }
 
     init(startingAt position: UInt64) {
         base = Int(position)
@@ -34,17 +49,41 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     /// The position the machine asked for last: how far it has followed.
     private var reached: Int
 
-    /// One past the last entry added.
-    var end: Int { condition.withLock { base + entries.count } }
+    /// One past the last entry added. Under `condition`.
+    private var held: Int { base + entries.count + pendingCount }
+    var end: Int { condition.withLock { held } }
     /// Entries held that the machine has not reached yet.
-    var behind: Int { condition.withLock { max(0, base + entries.count - reached) } }
+    var behind: Int { condition.withLock { max(0, held - reached) } }
 
-    func append(_ batch: [EventLogEntry]) {
-        let accepted = batch.compactMap(\.acceptedConnection).map(\.value).max() ?? 0
+    /// Batches in log order, from where the log ends; entries of a batch before that (the first
+    /// batch of a follower started mid-batch) are left out.
+    func append(_ batches: [BackupLog.Batch]) {
         condition.withLock {
-            entries += batch
-            acceptedMost = max(acceptedMost, accepted)
+            for batch in batches where batch.end > UInt64(held) {
+                pending.append(batch)
+                pendingCount += Int(batch.end) - max(held, Int(batch.first))
+            }
             condition.broadcast()
+        }
+    }
+
+    /// Under `condition`: decodes the pending batches until `position` is decoded (all of them
+    /// for nil). A batch that does not decode ends the log at its first bad entry.
+    private func decode(through position: Int?) {
+        while !pending.isEmpty, position.map({ $0 >= base + entries.count }) ?? true {
+            let batch = pending.removeFirst()
+            let (decoded, damage) = batch.entries(from: UInt64(base + entries.count))
+            pendingCount -= Int(batch.end) - (base + entries.count)
+            entries += decoded
+            acceptedMost = max(acceptedMost, decoded.compactMap(\.acceptedConnection).map(\.value).max() ?? 0)
+            if let damage {
+                damaged = damage
+                pending = []
+                pendingCount = 0
+                ended = true
+                wasAbandoned = true
+                condition.broadcast()
+            }
         }
     }
 
@@ -80,7 +119,8 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     func entry(at position: Int) -> EventLogEntry? {
         condition.withLock {
             reached = max(reached, position)
-            while position >= base + entries.count && !ended { condition.wait() }
+            while position >= held && !ended { condition.wait() }
+            decode(through: position)
             guard position >= base, position < base + entries.count, !wasAbandoned else { return nil }
             return entries[position - base]
         }
@@ -90,7 +130,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     /// there is none (entries past it arrived) or the log ends.
     func syncPoint(at position: Int) -> SyncPoint? {
         condition.withLock {
-            while syncs[UInt64(position)] == nil && position >= base + entries.count && !ended { condition.wait() }
+            while syncs[UInt64(position)] == nil && position >= held && !ended { condition.wait() }
             let point = syncs[UInt64(position)]
             // This one and any older are done with: the machine never comes back to them.
             syncs = syncs.filter { $0.key > UInt64(position) }
@@ -110,6 +150,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
     /// Drops the entries before `position`: the machine has consumed them.
     func trim(below position: Int) {
         condition.withLock {
+            decode(through: position - 1)
             let drop = min(max(0, position - base), entries.count)
             guard drop > 0 else { return }
             entries.removeFirst(drop)

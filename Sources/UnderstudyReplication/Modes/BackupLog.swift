@@ -1,10 +1,28 @@
 import UnderstudyEventLog
 
 /// What an `llm` backup holds of the event log: the entries after its latest applied
-/// checkpoint, in order, with no gap. A batch of records is checked whole (sequence, checksums,
-/// contents) before any of it is kept, so a damaged or out-of-place batch leaves the held log as
-/// it was (DESIGN.md invariant 3, atomic apply).
+/// checkpoint, in order, with no gap. A batch of records is checked whole (sequence, lengths,
+/// checksums) before any of it is kept, so a damaged or out-of-place batch leaves the held log
+/// as it was (DESIGN.md invariant 3, atomic apply). Batches are kept as they arrived and decoded
+/// only when they are replayed: a backup that is never promoted never decodes an entry.
 public struct BackupLog: Sendable {
+    /// Records as they arrived, checked but not decoded.
+    public struct Batch: Sendable {
+        /// The log position of the first record.
+        public let first: UInt64
+        public let count: Int
+        public let records: [UInt8]
+
+        public var end: UInt64 { first + UInt64(count) }
+
+        /// The batch's entries from log position `position` on, up to the first that does not
+        /// decode (`damage`: why).
+        public func entries(from position: UInt64) -> (entries: ArraySlice<EventLogEntry>, damage: EventLogError?) {
+            let (all, damage) = EventLogCodec.decodeRecordPrefix(records[...], first: first)
+            return (all[min(all.count, Int(position > first ? position - first : 0))...], damage)
+        }
+    }
+
     public enum Refusal: Error, Equatable, CustomStringConvertible {
         /// The batch does not start where the held log ends.
         case gap(expected: UInt64, found: UInt64)
@@ -22,23 +40,56 @@ public struct BackupLog: Sendable {
         }
     }
 
-    /// Log position of `entries[0]`: the position of the latest applied checkpoint.
+    /// The position of the latest applied checkpoint: the first held entry's.
     public private(set) var start: UInt64
-    public private(set) var entries: [EventLogEntry] = []
-
-    public init(startingAt position: UInt64 = 0) { start = position }
-
     /// One past the last held entry: what the backup acknowledges (`logHeld`).
-    public var end: UInt64 { start + UInt64(entries.count) }
+    public private(set) var end: UInt64
+    /// The held entries, in arrival order; the first may begin before `start`.
+    public private(set) var batches: [Batch] = []
+
+    public init(startingAt position: UInt64 = 0) {
+        start = position
+        end = position
+    }
+
+    public var entryCount: Int { Int(end - start) }
 
     /// Appends a batch of encoded records whose first entry is `first`.
     public mutating func append(records bytes: [UInt8], first: UInt64) throws(Refusal) {
         guard first == end else { throw .gap(expected: end, found: first) }
+        let count: Int
         do {
-            entries += try EventLogCodec.decodeRecords(bytes[...], first: first)
+            count = try EventLogCodec.checkRecords(bytes[...], first: first)
         } catch {
             throw .damaged(error)
         }
+        guard count > 0 else { return }
+        batches.append(Batch(first: first, count: count, records: bytes))
+        end += UInt64(count)
+    }
+
+    /// The held entries, decoded (a promotion replays them). A record that was whole and
+    /// checksummed but does not decode came so from the primary: the entries before it are
+    /// returned, with the reason.
+    public func decodedEntries() -> (entries: [EventLogEntry], damage: EventLogError?) {
+        var entries: [EventLogEntry] = []
+        entries.reserveCapacity(entryCount)
+        for batch in batches {
+            let (decoded, damage) = batch.entries(from: start)
+            entries += decoded
+            if let damage { return (entries, damage) }
+        }
+        return (entries, nil)
+    }
+
+    /// Takes every held batch, leaving the log empty at its end: what an `active` backup hands the
+    /// machine that follows it.
+    public mutating func takeBatches() -> [Batch] {
+        defer {
+            batches = []
+            start = end
+        }
+        return batches
     }
 
     /// A checkpoint at log position `position` is now applied: the entries before it are no longer
@@ -46,7 +97,7 @@ public struct BackupLog: Sendable {
     public mutating func checkpointApplied(at position: UInt64) throws(Refusal) {
         guard position <= end else { throw .checkpointBeyondLog(position: position, end: end) }
         guard position > start else { return }
-        entries.removeFirst(Int(position - start))
+        batches.removeFirst(batches.prefix { $0.end <= position }.count)
         start = position
     }
 }

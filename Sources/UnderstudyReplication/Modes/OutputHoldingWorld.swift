@@ -279,7 +279,14 @@ public final class OutputHoldingWorld: MachineWorld, @unchecked Sendable {
                 let now = inner.clockNow(.monotonic)
                 remaining = deadline > now ? deadline - now : 0
             }
+            // A release that comes while the machine thread runs only sets the flag; one that
+            // comes while it waits writes the pipe (`WakeSignal.willWait`).
+            guard wake.willWait() else {
+                wake.doneWaiting()
+                continue
+            }
             let outcome = inner.poll(interests + backedUp, timeoutNanos: remaining)
+            wake.doneWaiting()
             guard case .ready(let readiness) = outcome else { return outcome }
             for ready in readiness where ready.interest >= interests.count {
                 if case .connection(let id) = backedUp[ready.interest - interests.count].target { flush(id) }
