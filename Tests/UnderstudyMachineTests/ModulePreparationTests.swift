@@ -95,6 +95,41 @@ final class ModulePreparationTests: XCTestCase {
         XCTAssertThrowsError(try withoutWasmOpt.prepare(bytes: original), "an entry without its digest is a miss")
     }
 
+    /// The cache stays within its size: the least recently used files go first after a write,
+    /// a hit counts as a use, and what was just written stays.
+    func testTheCacheKeepsItsSizeAndLetsTheLeastRecentlyUsedGo() throws {
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-cache-limit-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: cache) }
+        try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+        func write(_ name: String, _ bytes: Int, daysAgo: Double) throws {
+            let url = cache.appendingPathComponent(name)
+            try Data(repeating: 1, count: bytes).write(to: url)
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -daysAgo * 86_400)], ofItemAtPath: url.path)
+        }
+        try write("oldest.cwasm", 400, daysAgo: 3)
+        try write("older.wasm", 400, daysAgo: 2)
+        try write("old.wasm", 400, daysAgo: 1)
+        try write(".in-progress.tmp", 400, daysAgo: 4)  // another process's write: not an entry
+        ModuleCacheLimit.touch(cache.appendingPathComponent("oldest.cwasm"))  // just used
+        try write("new.wasm", 500, daysAgo: 0)
+        ModuleCacheLimit.trim(cache, to: 1_000, keeping: ["new.wasm"])
+        XCTAssertEqual(
+            Set(try FileManager.default.contentsOfDirectory(atPath: cache.path)), ["oldest.cwasm", "new.wasm", ".in-progress.tmp"],
+            "the two least recently used went; the one just read and the one just written stayed")
+        ModuleCacheLimit.trim(cache, to: 100, keeping: ["new.wasm"])
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: cache.path)), ["new.wasm", ".in-progress.tmp"])
+
+        // Preparation trims after it writes: a stale entry larger than the limit goes.
+        let original = Array(try Data(contentsOf: Fixtures.guests.appendingPathComponent("echo.wasm")))
+        setenv("UNDERSTUDY_CACHE_MIB", "1", 1)
+        defer { unsetenv("UNDERSTUDY_CACHE_MIB") }
+        try write("stale.wasm", 2 << 20, daysAgo: 5)
+        _ = try ModulePreparer(cacheDirectory: cache).prepare(bytes: original)
+        let left = try FileManager.default.contentsOfDirectory(atPath: cache.path)
+        XCTAssertFalse(left.contains("stale.wasm"), "\(left)")
+        XCTAssertEqual(left.filter { $0.count > 64 && !$0.hasPrefix(".") }.count, 2, "the prepared module and its digest: \(left)")
+    }
+
     /// The backup's way in: bytes are checked against the named hash before anything else, and
     /// must be a prepared module.
     func testAdoptingAPreparedModuleChecksItsHashFirst() throws {

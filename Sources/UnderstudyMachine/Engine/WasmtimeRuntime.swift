@@ -77,6 +77,8 @@ final class WasmtimeRuntime: @unchecked Sendable {
         {
             api.wasmtime_error_delete(error)
             module = nil
+        } else if module != nil {
+            ModuleCacheLimit.touch(cached)
         }
         if module == nil {
             let error = prepared.bytes.withUnsafeBufferPointer { api.wasmtime_module_new(engine, $0.baseAddress, $0.count, &module) }
@@ -111,7 +113,8 @@ final class WasmtimeRuntime: @unchecked Sendable {
         defer { api.wasm_byte_vec_delete(&serialized) }
         let bytes = Array(UnsafeBufferPointer(start: serialized.data, count: serialized.size))
         try? FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try? ModulePreparer.writeReplacing(url, bytes)
+        guard (try? ModulePreparer.writeReplacing(url, bytes)) != nil else { return }
+        ModuleCacheLimit.trim(url.deletingLastPathComponent(), keeping: [url.lastPathComponent])
     }
 
     /// An error's message; the error is consumed.

@@ -187,6 +187,8 @@ public struct ModulePreparer {
             let digest = try? String(contentsOf: Self.digestURL(of: url), encoding: .utf8),
             let prepared = try? Self.adopt(prepared: bytes, hash: digest.trimmingCharacters(in: .whitespacesAndNewlines))
         else { return nil }
+        ModuleCacheLimit.touch(url)
+        ModuleCacheLimit.touch(Self.digestURL(of: url))
         return prepared
     }
 
@@ -203,6 +205,7 @@ public struct ModulePreparer {
         } catch {
             return
         }
+        ModuleCacheLimit.trim(cacheDirectory, keeping: [url.lastPathComponent, Self.digestURL(of: url).lastPathComponent])
     }
 
     static func writeReplacing(_ url: URL, _ bytes: [UInt8]) throws {
