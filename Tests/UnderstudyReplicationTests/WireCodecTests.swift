@@ -1,3 +1,4 @@
+import NIOCore
 import UnderstudyCore
 import XCTest
 
@@ -208,5 +209,29 @@ final class WireCodecTests: XCTestCase {
         XCTAssertThrowsError(try decoder.next())
         decoder.append(WireCodec.encode(.heartbeat, sequence: 1))
         XCTAssertThrowsError(try decoder.next(), "a connection that sent a bad frame is not read further")
+    }
+
+    /// Every message encoded ahead (off the event loop) makes exactly the frame it would have
+    /// made itself — header after the connection's frames so far, payload, CRC — and decodes
+    /// back to itself.
+    func testAMessageEncodedAheadIsTheFrameOfTheMessageItself() throws {
+        for message in messages {
+            let encoded = WireCodec.encoded(message, allocator: ByteBufferAllocator())
+            XCTAssertEqual(encoded.kind, message.kind)
+            guard case .encoded(let ahead) = encoded else { return XCTFail("\(message.kind) was not encoded") }
+            var plain = WireEncoder()
+            var early = WireEncoder()
+            (plain.generation, early.generation) = (6, 6)
+            let lead = plain.encode(.heartbeat)
+            _ = early.encode(.heartbeat)
+            var bytes = early.encodeHeader(ahead) + Array(ahead.payload.readableBytesView)
+            withUnsafeBytes(of: ahead.crc.littleEndian) { bytes += $0 }
+            XCTAssertEqual(bytes, plain.encode(message), message.kind)
+            XCTAssertEqual(WireCodec.encode(encoded, sequence: 1, generation: 6), bytes, "\(message.kind): the codec frames it the same way")
+            XCTAssertEqual(WireCodec.payloadBytes(encoded), WireCodec.payloadBytes(message))
+            let (decoded, error) = decodeAll(lead + bytes)
+            XCTAssertNil(error, message.kind)
+            XCTAssertEqual(decoded.last, message)
+        }
     }
 }

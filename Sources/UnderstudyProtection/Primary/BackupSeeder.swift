@@ -139,7 +139,7 @@ final class BackupSeeder: @unchecked Sendable {
         }
         let message = WireMessage.packing(epoch: 0, checkpoint: CheckpointCodec.encode(part), with: &packer)
         metrics.stateSent(message)
-        let written = run.channel.writeAndFlush(message)
+        let written = run.channel.writeAndFlush(WireCodec.encoded(message, allocator: run.channel.allocator))
         guard index + 1 < run.partCount else {
             return written.whenSuccess { [self] in
                 lock.withLock { if precopy.isCopying(seed: run.seed) { precopy = .copied(run.channel) } }
@@ -193,7 +193,9 @@ final class BackupSeeder: @unchecked Sendable {
                 "pages": "\(pages)", "bytes": "\(bytes.count)", "logPosition": "\(position)",
                 "sinceSeedStartMillis": "\(seedStarted.map { (ContinuousClock.now - $0).milliseconds } ?? 0)",
             ])
-        channel.writeAndFlush(seed, promise: nil)
+        // Encoded here, the machine stopped for it anyway: the pages written during a pre-copy
+        // can be hundreds of MiB, which would hold the event loop and the heartbeats behind it.
+        channel.writeAndFlush(WireCodec.encoded(seed, allocator: channel.allocator), promise: nil)
     }
 }
 

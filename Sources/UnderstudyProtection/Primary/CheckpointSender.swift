@@ -60,7 +60,7 @@ final class CheckpointSender: @unchecked Sendable {
                 return
             }
             metrics.stateSent(message)
-            channel.writeAndFlush(message, promise: nil)
+            channel.writeAndFlush(WireCodec.encoded(message, allocator: channel.allocator), promise: nil)
         }
     }
 }

@@ -55,7 +55,18 @@ final class WireFrameHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         encoder.generation = fencing.generation
-        let frame = encoder.encodeFrame(unwrapOutboundIn(data))
+        let message = unwrapOutboundIn(data)
+        if case .encoded(let encoded) = message {
+            // Encoded and checksummed already, off this loop: a header before it, the CRC after.
+            var head = context.channel.allocator.buffer(capacity: WireCodec.headerBytes)
+            head.writeBytes(encoder.encodeHeader(encoded))
+            var trailer = context.channel.allocator.buffer(capacity: WireCodec.trailerBytes)
+            trailer.writeInteger(encoded.crc, endianness: .little)
+            context.write(wrapOutboundOut(head), promise: nil)
+            context.write(wrapOutboundOut(encoded.payload), promise: nil)
+            return context.write(wrapOutboundOut(trailer), promise: promise)
+        }
+        let frame = encoder.encodeFrame(message)
         var buffer = context.channel.allocator.buffer(capacity: frame.byteCount)
         buffer.writeBytes(frame.head)
         buffer.writeBytes(frame.tail)

@@ -1,3 +1,4 @@
+import NIOCore
 import UnderstudyCore
 
 /// Frames on the replication connection: `sequence u64 | generation u64 | type u8 | length u32 |
@@ -56,16 +57,35 @@ public enum WireCodec {
     public static func encodeFrame(_ message: WireMessage, sequence: UInt64, generation: UInt64 = 0) -> Frame {
         var small = ByteWriter()
         let (type, tail) = encodePayload(message, into: &small)
-        var head = ByteWriter()
-        head.u64(sequence)
-        head.u64(generation)
-        head.u8(type)
-        head.u32(UInt32(small.bytes.count + tail.count))
-        head.u32(head.bytes.withUnsafeBytes { CRC32C.checksum($0) })
+        var head = header(type: type, payloadBytes: small.bytes.count + tail.count, sequence: sequence, generation: generation)
         let smallCRC = small.bytes.withUnsafeBytes { CRC32C.checksum($0) }
         let payloadCRC = tail.withUnsafeBytes { CRC32C.checksum($0, continuing: smallCRC) }
         head.raw(small.bytes)
         return Frame(head: head.bytes, tail: tail, payloadCRC: payloadCRC)
+    }
+
+    /// A frame's header: sequence, generation, type, payload length, and their CRC.
+    static func header(type: UInt8, payloadBytes: Int, sequence: UInt64, generation: UInt64) -> ByteWriter {
+        var head = ByteWriter()
+        head.u64(sequence)
+        head.u64(generation)
+        head.u8(type)
+        head.u32(UInt32(payloadBytes))
+        head.u32(head.bytes.withUnsafeBytes { CRC32C.checksum($0) })
+        return head
+    }
+
+    /// `message` with its payload encoded into one buffer and checksummed now, on the calling
+    /// thread: the event loop then only writes a header before it and the CRC after it.
+    public static func encoded(_ message: WireMessage, allocator: ByteBufferAllocator) -> WireMessage {
+        if case .encoded = message { return message }
+        var small = ByteWriter()
+        let (type, tail) = encodePayload(message, into: &small)
+        var payload = allocator.buffer(capacity: small.bytes.count + tail.count)
+        payload.writeBytes(small.bytes)
+        payload.writeBytes(tail)
+        let crc = payload.withUnsafeReadableBytes { CRC32C.checksum($0) }
+        return .encoded(.init(kind: message.kind, type: type, payload: payload, crc: crc))
     }
 
     /// How many payload bytes `message` puts on the wire (the replicated-bytes metrics): its frame
@@ -79,6 +99,8 @@ public enum WireCodec {
     /// Writes the payload's small fields into `w`; returns the frame type and the large tail.
     private static func encodePayload(_ message: WireMessage, into w: inout ByteWriter) -> (UInt8, [UInt8]) {
         switch message {
+        case .encoded(let encoded):
+            return (encoded.type, Array(encoded.payload.readableBytesView))
         case .hello(let hello):
             w.u16(hello.protocolVersion)
             w.u8(hello.mode.rawValue)
@@ -364,5 +386,11 @@ public struct WireEncoder: Sendable {
     public mutating func encodeFrame(_ message: WireMessage) -> WireCodec.Frame {
         defer { sent += 1 }
         return WireCodec.encodeFrame(message, sequence: sent, generation: generation)
+    }
+
+    /// The header of the frame that carries `encoded`'s payload.
+    public mutating func encodeHeader(_ encoded: WireMessage.EncodedPayload) -> [UInt8] {
+        defer { sent += 1 }
+        return WireCodec.header(type: encoded.type, payloadBytes: encoded.payload.readableBytes, sequence: sent, generation: generation).bytes
     }
 }

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// What primary and backup say to each other over their one connection (DESIGN.md,
 /// "Replication"). Checkpoints and log entries travel in the encodings the disk uses
 /// (`CheckpointCodec`, `EventLogCodec` records): this layer frames them and never looks inside.
@@ -48,6 +50,19 @@ public enum WireMessage: Equatable, Sendable {
     case handover(generation: UInt64, position: UInt64)
     /// Backup → primary: it has won `generation` for the handover and serves from now on.
     case takingOver(generation: UInt64)
+    /// Any of the above with its payload already encoded and checksummed (`WireCodec.encoded`),
+    /// off the event loop: a checkpoint of hundreds of MiB would otherwise hold the loop (and
+    /// the heartbeats behind it) for as long as copying and checksumming it takes. Goes out as
+    /// the frame of the message it was made from; never decoded as such.
+    case encoded(EncodedPayload)
+
+    public struct EncodedPayload: Equatable, Sendable {
+        /// The message it was made from (`WireMessage.kind`).
+        public let kind: String
+        let type: UInt8
+        let payload: ByteBuffer
+        let crc: UInt32
+    }
 
     public struct Hello: Equatable, Sendable {
         public var protocolVersion: UInt16
@@ -99,6 +114,7 @@ public enum WireMessage: Equatable, Sendable {
         case .protecting: return "protecting"
         case .handover: return "handover"
         case .takingOver: return "taking over"
+        case .encoded(let encoded): return encoded.kind
         }
     }
 
