@@ -80,9 +80,7 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
                 damaged = damage
                 pending = []
                 pendingCount = 0
-                ended = true
-                wasAbandoned = true
-                condition.broadcast()
+                endAbandoned()
             }
         }
     }
@@ -108,12 +106,13 @@ final class FollowedLog: EventLogSource, @unchecked Sendable {
         }
     }
 
-    func abandon() {
-        condition.withLock {
-            ended = true
-            wasAbandoned = true
-            condition.broadcast()
-        }
+    func abandon() { condition.withLock { endAbandoned() } }
+
+    /// Under `condition`: the machine halts at the end of what it has.
+    private func endAbandoned() {
+        ended = true
+        wasAbandoned = true
+        condition.broadcast()
     }
 
     func entry(at position: Int) -> EventLogEntry? {

@@ -91,6 +91,7 @@ public enum WireCodec {
     /// How many payload bytes `message` puts on the wire (the replicated-bytes metrics): its frame
     /// less the fixed 29 bytes of header and trailer.
     public static func payloadBytes(_ message: WireMessage) -> Int {
+        if case .encoded(let encoded) = message { return encoded.payload.readableBytes }  // no copy to count it
         var small = ByteWriter()
         let (_, tail) = encodePayload(message, into: &small)
         return small.bytes.count + tail.count
